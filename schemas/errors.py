@@ -67,7 +67,9 @@ def unsupported_media(message: str) -> FSSError:
     return FSSError(415, "FSS.0415", message)
 
 
-def throttled(message: str = "Your request has been controlled by overload sdk, please retry later") -> FSSError:
+def throttled(
+    message: str = "Your request has been controlled by overload sdk, please retry later",
+) -> FSSError:
     return FSSError(429, "FSS.0429", message)
 
 

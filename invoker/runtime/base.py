@@ -89,8 +89,11 @@ class InvocationError:
 
     def as_payload(self) -> dict[str, object]:
         """The FunctionGraph error document user tools parse (errorMessage/errorType/stackTrace)."""
-        return {"errorMessage": self.message, "errorType": self.error_type or self.category.value,
-                "stackTrace": self.stack}
+        return {
+            "errorMessage": self.message,
+            "errorType": self.error_type or self.category.value,
+            "stackTrace": self.stack,
+        }
 
 
 @dataclass(slots=True)

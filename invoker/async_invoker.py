@@ -1,0 +1,420 @@
+"""The async invoker: bus -> function, with retries, max event age, destinations and records.
+
+Order of durable steps, chosen so a crash at any point loses nothing:
+
+1. a retry is *published* (delayed) before the record says WAIT and before the
+   current message is acked;
+2. a destination is *published* before the record turns terminal;
+3. the message is acked only after 1/2 and the record update.
+
+So a crash replays at most the current attempt (at-least-once). A redelivered
+message whose record is already terminal is skipped, which turns most replays
+into no-ops.
+
+A function at its instance limit must not stall other functions behind it. The
+invoker keeps at most ``park_threshold`` waiting events per function in memory;
+beyond that it *parks* events: re-publishes them with a delay sized to when a
+slot is likely free, and acks them. Nothing waits on the partition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from bus.base import Bus, Message, Outgoing
+from invoker.age import expired, expires_before
+from invoker.completion import Completion, CompletionHub
+from invoker.concurrency import ConcurrencyLimiter
+from invoker.destinations import CONDITIONS, EVENT_AGE_EXCEEDED, build_event, plan_delivery
+from invoker.dispatcher import Dispatcher
+from invoker.envelope import DEADLETTER_TOPIC, INVOCATIONS_TOPIC, InvocationEnvelope
+from invoker.records import Attempt, Record, RecordStore
+from invoker.registry import FunctionDirectory, ResolvedFunction
+from invoker.retry import RetryPolicy
+from invoker.runtime.base import ERROR_CODES, ErrorCategory, InvocationRequest, InvocationResult
+from schemas.records import AsyncStatus
+
+log = logging.getLogger(__name__)
+
+FUNCTION_NOT_FOUND = 4404
+EVENT_AGE_CODE = 4408
+ASYNC_RESULT_LIMIT = 256 * 1024  # FunctionGraph: async results over 256 KB are reported empty
+
+
+class AsyncInvoker:
+    def __init__(
+        self,
+        bus: Bus,
+        records: RecordStore,
+        directory: FunctionDirectory,
+        dispatcher: Dispatcher,
+        limiter: ConcurrencyLimiter,
+        *,
+        completion: CompletionHub | None = None,
+        retry: RetryPolicy | None = None,
+        group: str = "invoker",
+        max_in_flight: int = 4096,
+        park_threshold: int = 64,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.bus = bus
+        self.records = records
+        self.directory = directory
+        self.dispatcher = dispatcher
+        self.limiter = limiter
+        self.completion = completion or CompletionHub()
+        self.retry = retry or RetryPolicy()
+        self.group = group
+        self.max_in_flight = max_in_flight
+        self.park_threshold = park_threshold
+        self.clock = clock
+        self._task: asyncio.Task[None] | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._avg_duration_s: dict[str, float] = {}
+        self._active: set[tuple[str, int]] = set()  # (request id, attempt) being processed here
+        self.stats: dict[str, int] = {
+            "invocations": 0,
+            "succeeded": 0,
+            "failed": 0,
+            "discarded": 0,
+            "retries": 0,
+            "duplicates": 0,
+            "parked": 0,
+            "deadletters": 0,
+        }
+
+    async def start(self) -> None:
+        self._sub = self.bus.subscribe(self.group, [INVOCATIONS_TOPIC], max_in_flight=self.max_in_flight)
+        self._task = asyncio.create_task(self._loop(), name="async-invoker")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for task in list(self._handlers):
+            task.cancel()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
+        await self._sub.close()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._handlers)
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                messages = await self._sub.fetch(256, 1.0)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("fetching invocations failed; retrying in 1 s")
+                await asyncio.sleep(1.0)
+                continue
+            for message in messages:
+                task = asyncio.create_task(self._handle(message))
+                self._handlers.add(task)
+                task.add_done_callback(self._handlers.discard)
+
+    async def _handle(self, message: Message) -> None:
+        try:
+            envelope = InvocationEnvelope.from_bytes(message.value)
+        except ValueError as exc:
+            await self._dead_letter(message, f"unreadable invocation envelope: {exc}")
+            return
+        key = (envelope.request_id, envelope.attempt)
+        if key in self._active:
+            # The same attempt is already running here (a re-sent copy): one run is enough.
+            self.stats["duplicates"] += 1
+            self._sub.ack(message)
+            return
+        self._active.add(key)
+        try:
+            await self._process(envelope)
+        except asyncio.CancelledError:
+            raise  # shutting down: not acked, so it is redelivered after restart
+        except Exception:
+            log.exception("processing %s failed unexpectedly; it will be retried in 5 s", envelope.request_id)
+            try:
+                await self.bus.publish(
+                    Outgoing(
+                        INVOCATIONS_TOPIC,
+                        envelope.to_bytes(),
+                        key=envelope.function_urn,
+                        deliver_at=self.clock() + 5.0,
+                    )
+                )
+            except Exception:
+                log.exception("could not reschedule %s; leaving it unacked", envelope.request_id)
+                return
+        finally:
+            self._active.discard(key)
+        self._sub.ack(message)
+
+    async def _dead_letter(self, message: Message, reason: str) -> None:
+        log.error("%s (%s/%s); moved to %s", reason, message.partition, message.offset, DEADLETTER_TOPIC)
+        await self.bus.publish(
+            Outgoing(DEADLETTER_TOPIC, message.value, headers={"from": message.topic, "reason": reason[:500]})
+        )
+        self.stats["deadletters"] += 1
+        self._sub.ack(message)
+
+    # -- one invocation -------------------------------------------------------------------
+
+    async def _process(self, env: InvocationEnvelope) -> None:
+        record = await self.records.get_record(env.request_id)
+        if record is None:
+            record = Record(
+                request_id=env.request_id,
+                function_urn=env.function_urn,
+                created=env.enqueued_at,
+                trigger_id=env.trigger_id,
+                trigger_type=env.trigger_type,
+                source=env.source,
+                redrive_of=env.redrive_of,
+                payload=env.payload.encode(),
+            )
+            await self.records.insert_record(record)
+        elif record.status.terminal:
+            self.stats["duplicates"] += 1
+            return
+        elif record.attempts > env.attempt + 1 or (
+            record.status is AsyncStatus.WAIT and record.attempts > env.attempt
+        ):
+            # A stale copy: a later attempt was scheduled or ran already (a retry and a replay
+            # of the message that scheduled it). A RUNNING record at our own attempt number is
+            # a crash replay and runs again.
+            self.stats["duplicates"] += 1
+            return
+
+        resolved = await self.directory.resolve(env.function_urn)
+        if resolved is None:
+            await self._terminal_without_run(
+                env,
+                AsyncStatus.FAIL,
+                FUNCTION_NOT_FOUND,
+                f"function {env.function_urn} does not exist",
+                condition="FunctionNotFound",
+                resolved=None,
+            )
+            return
+        config = resolved.async_config
+        spec = resolved.spec
+        key = spec.urn
+
+        if expired(env, self.clock(), config.max_async_event_age_in_seconds):
+            await self._discard_expired(env, resolved, record.error_message)
+            return
+        if self.limiter.waiting(key) >= self.park_threshold:
+            await self._park(env, resolved)
+            return
+
+        async with self.limiter.slot(key, spec.max_instances):
+            now = self.clock()
+            if expired(env, now, config.max_async_event_age_in_seconds):
+                await self._discard_expired(env, resolved, record.error_message)
+                return
+            attempt = Attempt(n=env.attempt + 1, start=now)
+            if not await self.records.start_attempt(env.request_id, attempt):
+                return  # canceled (or finished elsewhere) while it waited
+            result = await self.dispatcher.invoke(
+                spec, InvocationRequest(env.request_id, env.payload.encode(), invoke_type="async")
+            )
+        self.stats["invocations"] += 1
+        self._learn_duration(key, result)
+        attempt.end = self.clock()
+        attempt.duration_ms = result.duration_ms
+        attempt.memory_mb = result.memory_used_mb
+        attempt.logs = result.logs
+        if result.ok:
+            attempt.status = "SUCCESS"
+            await self._finish(env, resolved, result, attempt, AsyncStatus.SUCCESS)
+            return
+        error = result.error
+        assert error is not None
+        attempt.status = "FAIL"
+        attempt.error_code = error.code
+        attempt.error_message = _message(result)
+        if error.category is ErrorCategory.CANCELED:
+            await self._finish(env, resolved, result, attempt, AsyncStatus.DISCARD, with_destination=False)
+            return
+        if self.retry.should_retry(error, attempt.n, config.max_async_retry_attempts):
+            due = attempt.end + self.retry.delay(attempt.n, error.retry_after_s)
+            if expires_before(env, due, config.max_async_event_age_in_seconds):
+                await self._finish(
+                    env,
+                    resolved,
+                    result,
+                    attempt,
+                    AsyncStatus.DISCARD,
+                    condition=EVENT_AGE_EXCEEDED,
+                    error_code=EVENT_AGE_CODE,
+                    error_message=(
+                        f"max event age {config.max_async_event_age_in_seconds} s would pass before the next "
+                        f"retry; last error: {attempt.error_message}"
+                    ),
+                )
+                return
+            retry = env.model_copy(update={"attempt": attempt.n})
+            await self.bus.publish(
+                Outgoing(INVOCATIONS_TOPIC, retry.to_bytes(), key=env.function_urn, deliver_at=due)
+            )
+            await self.records.finish_attempt(
+                env.request_id,
+                attempt,
+                status=AsyncStatus.WAIT,
+                next_attempt_at=due,
+                error_code=attempt.error_code,
+                error_message=attempt.error_message,
+            )
+            self.stats["retries"] += 1
+            return
+        await self._finish(env, resolved, result, attempt, AsyncStatus.FAIL)
+
+    def _learn_duration(self, key: str, result: InvocationResult) -> None:
+        seconds = max(0.001, result.duration_ms / 1000)
+        old = self._avg_duration_s.get(key)
+        self._avg_duration_s[key] = seconds if old is None else old * 0.8 + seconds * 0.2
+
+    async def _park(self, env: InvocationEnvelope, resolved: ResolvedFunction) -> None:
+        """Requeue an event of a saturated function for about when a slot should be free."""
+        key = resolved.spec.urn
+        waiting = self.limiter.waiting(key)
+        per_slot = self._avg_duration_s.get(key, 1.0)
+        delay = min(60.0, max(0.5, per_slot * waiting / max(1, resolved.spec.max_instances)))
+        await self.bus.publish(
+            Outgoing(INVOCATIONS_TOPIC, env.to_bytes(), key=env.function_urn, deliver_at=self.clock() + delay)
+        )
+        self.stats["parked"] += 1
+
+    async def _discard_expired(
+        self, env: InvocationEnvelope, resolved: ResolvedFunction, last_error: str
+    ) -> None:
+        age = resolved.async_config.max_async_event_age_in_seconds
+        message = f"event older than max_async_event_age_in_seconds={age} before it could run"
+        if last_error:
+            message += f"; last error: {last_error}"
+        await self._terminal_without_run(
+            env, AsyncStatus.DISCARD, EVENT_AGE_CODE, message, condition=EVENT_AGE_EXCEEDED, resolved=resolved
+        )
+
+    async def _terminal_without_run(
+        self,
+        env: InvocationEnvelope,
+        status: AsyncStatus,
+        error_code: int,
+        error_message: str,
+        *,
+        condition: str,
+        resolved: ResolvedFunction | None,
+    ) -> None:
+        destination: dict[str, Any] = {}
+        if resolved is not None and resolved.async_config.destination_config.on_failure is not None:
+            event = build_event(
+                request_id=env.request_id,
+                function_urn=resolved.spec.urn,
+                payload=env.payload,
+                result=None,
+                attempts=env.attempt,
+                condition=condition,
+                now=self.clock(),
+            )
+            outgoing, destination = plan_delivery(
+                resolved.async_config.destination_config.on_failure,
+                event,
+                source_request_id=env.request_id,
+                function_urn=resolved.spec.urn,
+            )
+            await self.bus.publish(outgoing)
+        await self.records.update_record(
+            env.request_id,
+            status=status,
+            error_code=error_code,
+            error_message=error_message,
+            condition=condition,
+            end_time=self.clock(),
+            next_attempt_at=None,
+            destination=destination,
+        )
+        self._count(status)
+        self._notify(env, status)
+
+    async def _finish(
+        self,
+        env: InvocationEnvelope,
+        resolved: ResolvedFunction,
+        result: InvocationResult,
+        attempt: Attempt,
+        status: AsyncStatus,
+        *,
+        with_destination: bool = True,
+        condition: str | None = None,
+        error_code: int | None = None,
+        error_message: str | None = None,
+    ) -> None:
+        if condition is None:
+            condition = "" if result.error is None else CONDITIONS[result.error.category]
+        destinations = resolved.async_config.destination_config
+        target = destinations.on_success if status is AsyncStatus.SUCCESS else destinations.on_failure
+        summary: dict[str, Any] = {}
+        if with_destination and target is not None:
+            reported = result
+            if len(result.body) > ASYNC_RESULT_LIMIT:
+                reported = InvocationResult(result.request_id, b'""', result.error, result.duration_ms)
+            event = build_event(
+                request_id=env.request_id,
+                function_urn=resolved.spec.urn,
+                payload=env.payload,
+                result=reported,
+                attempts=attempt.n,
+                condition=condition,
+                now=self.clock(),
+            )
+            outgoing, summary = plan_delivery(
+                target, event, source_request_id=env.request_id, function_urn=resolved.spec.urn
+            )
+            await self.bus.publish(outgoing)
+        if result.error is None:
+            code, message = 0, ""
+        else:
+            code, message = result.error.code, _message(result)
+        await self.records.finish_attempt(
+            env.request_id,
+            attempt,
+            status=status,
+            error_code=code if error_code is None else error_code,
+            error_message=message if error_message is None else error_message,
+            condition=condition,
+            end_time=attempt.end,
+            next_attempt_at=None,
+            response=result.body,
+            destination=summary,
+        )
+        self._count(status)
+        self._notify(env, status)
+
+    def _count(self, status: AsyncStatus) -> None:
+        key = {AsyncStatus.SUCCESS: "succeeded", AsyncStatus.FAIL: "failed"}.get(status, "discarded")
+        self.stats[key] += 1
+
+    def _notify(self, env: InvocationEnvelope, status: AsyncStatus) -> None:
+        if env.trigger_id:
+            self.completion.done(Completion(env.request_id, env.trigger_id, tuple(env.item_ids), status))
+
+
+def _message(result: InvocationResult) -> str:
+    error = result.error
+    if error is None:
+        return ""
+    if error.category is ErrorCategory.CODE_EXCEPTION and error.error_type:
+        return f"{error.error_type}: {error.message}"[:2000]
+    return error.message[:2000]
+
+
+__all__ = ["ERROR_CODES", "AsyncInvoker"]

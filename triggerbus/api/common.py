@@ -1,0 +1,96 @@
+"""Helpers every route uses: bounded JSON bodies, FSS error responses, query parsing."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from schemas.errors import FSSError, bad_request, too_large, validation_failed
+from schemas.urn import PROJECT_RE
+
+M = TypeVar("M", bound=BaseModel)
+
+SERVICE_KEY: web.AppKey[Any] = web.AppKey("service", object)
+
+
+def service(request: web.Request) -> Any:
+    return request.app[SERVICE_KEY]
+
+
+def fss_response(exc: FSSError, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response(exc.body(), status=exc.status, headers=headers)
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The request body, refusing more than ``limit`` bytes without reading them all."""
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large(f"request body of {request.content_length} bytes exceeds the {limit}-byte limit")
+    body = await request.content.read(limit + 1)
+    if len(body) > limit:
+        raise too_large(f"request body exceeds the {limit}-byte limit")
+    return body
+
+
+def parse_json(body: bytes, *, empty: Any = None) -> Any:
+    if not body.strip():
+        if empty is not None:
+            return empty
+        raise bad_request("request body is empty; a JSON document is required")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise bad_request(f"request body is not valid UTF-8 (byte {exc.start})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise bad_request(
+            f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
+    except RecursionError:
+        raise bad_request("request body is nested too deeply") from None
+
+
+async def read_json(request: web.Request, limit: int, *, empty: Any = None) -> Any:
+    return parse_json(await read_body(request, limit), empty=empty)
+
+
+async def read_model(request: web.Request, model: type[M], limit: int) -> M:
+    data = await read_json(request, limit)
+    if not isinstance(data, dict):
+        raise bad_request("request body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise validation_failed(exc) from None
+
+
+def query_int(request: web.Request, name: str, default: int, *, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise bad_request(f"{name}: must be an integer between {low} and {high} (got {raw!r})") from None
+    if not low <= value <= high:
+        raise bad_request(f"{name}: must be between {low} and {high} (got {value})")
+    return value
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=json.dumps(data, ensure_ascii=False).encode(),
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def project_id(request: web.Request) -> str:
+    value = request.match_info["project_id"]
+    if not PROJECT_RE.match(value):
+        raise bad_request(f"project_id: {value[:80]!r} must be 1-64 letters, digits, '_' or '-'")
+    return value

@@ -1,0 +1,595 @@
+"""The ``triggerbus`` command: run the service, manage functions/triggers, invoke, read records."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import logging
+import os
+import sys
+import time
+import zipfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from triggerbus.client import ApiError, Client
+from triggerbus.config import Settings
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _client(ctx: click.Context) -> Client:
+    obj = ctx.obj
+    token = obj["token"] or os.environ.get("TRIGGERBUS_TOKEN", "")
+    if not token:
+        path = Path(obj["data_dir"]) / "token"
+        if path.exists():
+            token = path.read_text().strip()
+    if not token:
+        raise click.UsageError("no API token: pass --token, set TRIGGERBUS_TOKEN, or point --data-dir at the service's")
+    return Client(obj["endpoint"], token, obj["project"])
+
+
+def _fail(exc: ApiError) -> None:
+    err_console.print(f"[bold red]error[/] {exc.code or exc.status}: {exc.message}")
+    sys.exit(1)
+
+
+def _json_arg(value: str | None, default: Any = None) -> Any:
+    if value is None:
+        return default
+    if value.startswith("@"):
+        value = Path(value[1:]).read_text()
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc.msg}") from None
+
+
+@click.group()
+@click.option("--endpoint", envvar="TRIGGERBUS_ENDPOINT", default="http://127.0.0.1:8080", show_default=True)
+@click.option("--token", envvar="TRIGGERBUS_TOKEN", default="", help="API token (default: read <data-dir>/token)")
+@click.option("--project", envvar="TRIGGERBUS_PROJECT", default="default", show_default=True)
+@click.option("--data-dir", envvar="TRIGGERBUS_DATA_DIR", default="./data", show_default=True)
+@click.pass_context
+def main(ctx: click.Context, endpoint: str, token: str, project: str, data_dir: str) -> None:
+    """Triggerbus: FunctionGraph-compatible triggers and async invocation, self-hosted."""
+    ctx.ensure_object(dict)
+    ctx.obj.update(endpoint=endpoint, token=token, project=project, data_dir=data_dir)
+
+
+# -- serve ------------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--data-dir", "data_dir", default=None, help="where the embedded store lives [default: ./data]")
+@click.option("--host", default=None, help="listen address [default: 127.0.0.1]")
+@click.option("--port", type=int, default=None, help="listen port [default: 8080]")
+@click.option("--region", default=None, help="region name used in URNs and events [default: local]")
+@click.option("--timezone", default=None, help="default time zone for cron schedules [default: UTC]")
+@click.option("--obs-endpoint", default=None, help="S3 endpoint for OBS destinations (keys from TRIGGERBUS_OBS_*)")
+@click.option("--log-level", default="INFO", show_default=True)
+@click.pass_context
+def serve(
+    ctx: click.Context,
+    data_dir: str | None,
+    host: str | None,
+    port: int | None,
+    region: str | None,
+    timezone: str | None,
+    obs_endpoint: str | None,
+    log_level: str,
+) -> None:
+    """Run the service on the embedded store (no external servers)."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings()
+    settings.data_dir = Path(data_dir or ctx.obj["data_dir"])
+    for name, value in (("host", host), ("port", port), ("region", region), ("timezone", timezone)):
+        if value is not None:
+            setattr(settings, name, value)
+    if obs_endpoint:
+        settings.obs_endpoint = obs_endpoint
+    from triggerbus.server import serve as run
+    from triggerbus.service import DataDirLocked
+
+    try:
+        asyncio.run(run(settings, announce=lambda line: console.print(line, highlight=False)))
+    except DataDirLocked as exc:
+        err_console.print(f"[bold red]error[/] {exc}")
+        sys.exit(2)
+    except OSError as exc:
+        err_console.print(f"[bold red]error[/] cannot listen on {settings.host}:{settings.port}: {exc.strerror}")
+        sys.exit(2)
+
+
+# -- cron preview -----------------------------------------------------------------------------------
+
+
+@main.group()
+def cron() -> None:
+    """Work with timer schedules offline."""
+
+
+@cron.command("next")
+@click.argument("expression")
+@click.option("--count", "-n", default=5, show_default=True, type=click.IntRange(1, 10000))
+@click.option("--from", "start", default=None, help="ISO-8601 start (default: now)")
+@click.option("--type", "schedule_type", default=None, help="Cron or Rate (default: guessed)")
+@click.option("--timezone", default="UTC", show_default=True, help="zone when there is no CRON_TZ=")
+@click.option("--notes", is_flag=True, help="mark fires moved or doubled by DST")
+def cron_next(
+    expression: str, count: int, start: str | None, schedule_type: str | None, timezone: str, notes: bool
+) -> None:
+    """Print the next COUNT fire times of EXPRESSION, one ISO-8601 time per line."""
+    from connectors.schedule import ScheduleError, format_fire_time, parse_schedule
+
+    if schedule_type is None:
+        stripped = expression.strip()
+        schedule_type = "Rate" if stripped[:-1].isdigit() and stripped[-1:] in "mhd" and stripped[:-1] else "Cron"
+    try:
+        begin = datetime.fromisoformat(start.replace("Z", "+00:00")) if start else datetime.now(UTC)
+    except ValueError:
+        raise click.BadParameter(f"--from {start!r} is not an ISO-8601 time") from None
+    if begin.tzinfo is None:
+        begin = begin.replace(tzinfo=UTC)
+    try:
+        schedule = parse_schedule(schedule_type, expression, default_tz=timezone, anchor=begin)
+    except ScheduleError as exc:
+        err_console.print(f"[bold red]invalid schedule[/] {exc}")
+        sys.exit(2)
+    for fire, note in schedule.preview(count, begin):
+        line = format_fire_time(fire)
+        click.echo(f"{line}  # {note}" if notes and note else line)
+
+
+# -- functions ---------------------------------------------------------------------------------------
+
+
+@main.group()
+def functions() -> None:
+    """Create, list, show and delete functions."""
+
+
+def _zip_path(path: Path) -> bytes:
+    if path.is_dir():
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+            for file in sorted(path.rglob("*")):
+                if file.is_file() and "__pycache__" not in file.parts:
+                    zf.write(file, file.relative_to(path).as_posix())
+        return buffer.getvalue()
+    return path.read_bytes()
+
+
+@functions.command("create")
+@click.argument("name")
+@click.option("--code", "code", type=click.Path(exists=True, path_type=Path), help="zip file or directory")
+@click.option("--code-url", help="base URL of an HTTP function (runtime http)")
+@click.option("--handler", default="index.handler", show_default=True)
+@click.option("--runtime", default=None, help="Python3.9 (default with --code) or http")
+@click.option("--timeout", default=3, show_default=True, type=int)
+@click.option("--memory", default=128, show_default=True, type=int)
+@click.option("--package", default="default", show_default=True)
+@click.option("--max-instances", default=400, show_default=True, type=int)
+@click.option("--user-data", "user_data", multiple=True, help="KEY=VALUE, repeatable")
+@click.pass_context
+def functions_create(
+    ctx: click.Context,
+    name: str,
+    code: Path | None,
+    code_url: str | None,
+    handler: str,
+    runtime: str | None,
+    timeout: int,
+    memory: int,
+    package: str,
+    max_instances: int,
+    user_data: tuple[str, ...],
+) -> None:
+    """Register function NAME from a zip/directory (or an HTTP function with --code-url)."""
+    body: dict[str, Any] = {
+        "func_name": name,
+        "package": package,
+        "handler": handler,
+        "timeout": timeout,
+        "memory_size": memory,
+        "max_instance_num": max_instances,
+        "user_data": dict(item.split("=", 1) for item in user_data if "=" in item),
+    }
+    if code_url:
+        body.update(runtime=runtime or "http", code_url=code_url)
+    elif code is not None:
+        body.update(
+            runtime=runtime or "Python3.9",
+            code_type="zip",
+            func_code={"file": base64.b64encode(_zip_path(code)).decode()},
+        )
+    else:
+        raise click.UsageError("give --code PATH or --code-url URL")
+    try:
+        fn = _client(ctx).request("POST", _client(ctx).fgs("/functions"), body=body).json()
+    except ApiError as exc:
+        _fail(exc)
+    console.print(f"[green]created[/] {fn['func_urn']}")
+
+
+@functions.command("list")
+@click.pass_context
+def functions_list(ctx: click.Context) -> None:
+    client = _client(ctx)
+    try:
+        data = client.request("GET", client.fgs("/functions")).json()
+    except ApiError as exc:
+        _fail(exc)
+    table = Table("name", "runtime", "handler", "timeout", "memory", "max inst.", "urn")
+    for fn in data["functions"]:
+        table.add_row(
+            fn["func_name"],
+            fn["runtime"],
+            fn["handler"],
+            f"{fn['timeout']}s",
+            f"{fn['memory_size']}MB",
+            str(fn["max_instance_num"]),
+            fn["func_urn"],
+        )
+    console.print(table)
+
+
+@functions.command("show")
+@click.argument("function")
+@click.pass_context
+def functions_show(ctx: click.Context, function: str) -> None:
+    client = _client(ctx)
+    try:
+        data = client.request("GET", client.fgs(f"/functions/{client.urn(function)}/config")).json()
+    except ApiError as exc:
+        _fail(exc)
+    console.print_json(data=data)
+
+
+@functions.command("delete")
+@click.argument("function")
+@click.pass_context
+def functions_delete(ctx: click.Context, function: str) -> None:
+    client = _client(ctx)
+    try:
+        client.request("DELETE", client.fgs(f"/functions/{client.urn(function)}"))
+    except ApiError as exc:
+        _fail(exc)
+    console.print(f"[green]deleted[/] {function}")
+
+
+# -- triggers ------------------------------------------------------------------------------------------
+
+
+@main.group()
+def triggers() -> None:
+    """Create, list, enable/disable and delete triggers."""
+
+
+def _create_trigger(ctx: click.Context, function: str, body: dict[str, Any]) -> None:
+    client = _client(ctx)
+    try:
+        trigger = client.request("POST", client.fgs(f"/triggers/{client.urn(function)}"), body=body).json()
+    except ApiError as exc:
+        _fail(exc)
+    kind, trigger_id, status = trigger["trigger_type_code"], trigger["trigger_id"], trigger["trigger_status"]
+    console.print(f"[green]created[/] {kind} trigger {trigger_id} ({status})")
+    if trigger["event_data"].get("invoke_url"):
+        console.print(f"  invoke URL: {trigger['event_data']['invoke_url']}")
+
+
+@triggers.command("create")
+@click.argument("function")
+@click.option("--type", "trigger_type", required=True, help="TIMER, APIG, ...")
+@click.option("--data", "data", required=True, help="event_data as JSON (or @file)")
+@click.option("--status", default=None, help="ACTIVE or DISABLED")
+@click.pass_context
+def triggers_create(ctx: click.Context, function: str, trigger_type: str, data: str, status: str | None) -> None:
+    """Create a trigger of any type from its FunctionGraph event_data."""
+    body = {
+        "trigger_type_code": trigger_type.upper(),
+        "event_data": _json_arg(data),
+        "trigger_status": status,
+    }
+    _create_trigger(ctx, function, body)
+
+
+@triggers.command("add-timer")
+@click.argument("function")
+@click.option("--name", default="timer", show_default=True)
+@click.option("--rate", help="fixed rate such as 3m, 2h, 1d")
+@click.option("--cron", "cron_expr", help='cron such as "0 */5 * * * *" or "@every 30s"')
+@click.option("--user-event", default="", help="text delivered as the event's user_event")
+@click.pass_context
+def triggers_add_timer(
+    ctx: click.Context, function: str, name: str, rate: str | None, cron_expr: str | None, user_event: str
+) -> None:
+    if bool(rate) == bool(cron_expr):
+        raise click.UsageError("give exactly one of --rate and --cron")
+    data = {
+        "name": name,
+        "schedule_type": "Rate" if rate else "Cron",
+        "schedule": rate or cron_expr,
+        "user_event": user_event,
+    }
+    _create_trigger(ctx, function, {"trigger_type_code": "TIMER", "event_data": data})
+
+
+@triggers.command("add-apig")
+@click.argument("function")
+@click.option("--path", required=True, help="API path, e.g. /hello")
+@click.option("--method", default="ANY", show_default=True)
+@click.option("--auth", default="NONE", show_default=True, type=click.Choice(["NONE", "IAM", "APP"]))
+@click.option("--app-code", default=None, help="for --auth APP: the code callers send in X-Apig-AppCode")
+@click.option("--async", "asynchronous", is_flag=True, help="answer 202 and invoke asynchronously")
+@click.option("--timeout-ms", default=5000, show_default=True, type=int)
+@click.option("--match", default="NORMAL", show_default=True, type=click.Choice(["NORMAL", "SWA"]))
+@click.pass_context
+def triggers_add_apig(
+    ctx: click.Context,
+    function: str,
+    path: str,
+    method: str,
+    auth: str,
+    app_code: str | None,
+    asynchronous: bool,
+    timeout_ms: int,
+    match: str,
+) -> None:
+    data: dict[str, Any] = {
+        "name": "API_" + "".join(c if c.isalnum() else "_" for c in function.split(":")[-2 if ":" in function else 0]),
+        "path": path,
+        "req_method": method.upper(),
+        "auth": auth,
+        "protocol": "HTTP",
+        "match_mode": match,
+        "env_name": "RELEASE",
+        "type": 1,
+        "func_info": {"timeout": timeout_ms, "invocation_type": "async" if asynchronous else "sync"},
+    }
+    if app_code:
+        data["app_code"] = app_code
+    _create_trigger(ctx, function, {"trigger_type_code": "APIG", "event_data": data})
+
+
+@triggers.command("list")
+@click.argument("function")
+@click.pass_context
+def triggers_list(ctx: click.Context, function: str) -> None:
+    client = _client(ctx)
+    try:
+        items = client.request("GET", client.fgs(f"/triggers/{client.urn(function)}")).json()
+    except ApiError as exc:
+        _fail(exc)
+    table = Table("id", "type", "status", "detail", "state")
+    for t in items:
+        data = t["event_data"]
+        detail = data.get("schedule") or data.get("invoke_url") or data.get("path") or ""
+        state = t.get("state", {})
+        shown = ", ".join(f"{k}={v}" for k, v in state.items() if v not in (None, "", {}))
+        table.add_row(t["trigger_id"], t["trigger_type_code"], t["trigger_status"], str(detail), shown)
+    console.print(table)
+
+
+def _set_status(ctx: click.Context, function: str, trigger_type: str, trigger_id: str, status: str) -> None:
+    client = _client(ctx)
+    path = client.fgs(f"/triggers/{client.urn(function)}/{trigger_type.upper()}/{trigger_id}")
+    try:
+        client.request("PUT", path, body={"trigger_status": status})
+    except ApiError as exc:
+        _fail(exc)
+    console.print(f"[green]{status.lower()}[/] {trigger_id}")
+
+
+@triggers.command("enable")
+@click.argument("function")
+@click.argument("trigger_type")
+@click.argument("trigger_id")
+@click.pass_context
+def triggers_enable(ctx: click.Context, function: str, trigger_type: str, trigger_id: str) -> None:
+    _set_status(ctx, function, trigger_type, trigger_id, "ACTIVE")
+
+
+@triggers.command("disable")
+@click.argument("function")
+@click.argument("trigger_type")
+@click.argument("trigger_id")
+@click.pass_context
+def triggers_disable(ctx: click.Context, function: str, trigger_type: str, trigger_id: str) -> None:
+    _set_status(ctx, function, trigger_type, trigger_id, "DISABLED")
+
+
+@triggers.command("delete")
+@click.argument("function")
+@click.argument("trigger_type")
+@click.argument("trigger_id")
+@click.pass_context
+def triggers_delete(ctx: click.Context, function: str, trigger_type: str, trigger_id: str) -> None:
+    client = _client(ctx)
+    try:
+        client.request("DELETE", client.fgs(f"/triggers/{client.urn(function)}/{trigger_type.upper()}/{trigger_id}"))
+    except ApiError as exc:
+        _fail(exc)
+    console.print(f"[green]deleted[/] {trigger_id}")
+
+
+# -- invoke ------------------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("function")
+@click.option("--data", "data", default="{}", show_default=True, help="event JSON (or @file)")
+@click.option("--async", "asynchronous", is_flag=True, help="invoke asynchronously (202 + request id)")
+@click.option("--log", "show_log", is_flag=True, help="print the last 4 KB of the function log")
+@click.pass_context
+def invoke(ctx: click.Context, function: str, data: str, asynchronous: bool, show_log: bool) -> None:
+    """Invoke FUNCTION (name or URN) with an event."""
+    client = _client(ctx)
+    event = _json_arg(data, {})
+    urn = client.urn(function)
+    try:
+        if asynchronous:
+            resp = client.request("POST", client.fgs(f"/functions/{urn}/invocations-async"), body=event)
+            console.print(f"[green]accepted[/] request_id {resp.json()['request_id']}")
+            return
+        resp = client.request(
+            "POST",
+            client.fgs(f"/functions/{urn}/invocations"),
+            body=event,
+            headers={"X-Cff-Log-Type": "tail"} if show_log else None,
+        )
+    except ApiError as exc:
+        _fail(exc)
+    failed = resp.headers.get("X-Is-Func-Err") == "true"
+    summary = json.loads(resp.headers.get("X-Cff-Invoke-Summary", "{}"))
+    click.echo(resp.body.decode("utf-8", errors="replace"))
+    err_console.print(
+        f"[{'red' if failed else 'green'}]{'function error' if failed else 'ok'}[/] "
+        f"request {resp.headers.get('X-Cff-Request-Id')}  duration {summary.get('duration', '?')} ms  "
+        f"memory {summary.get('memoryUsed', '?')} MB"
+    )
+    if show_log and resp.headers.get("X-Cff-Function-Log"):
+        err_console.print(
+            base64.b64decode(resp.headers["X-Cff-Function-Log"]).decode(errors="replace"), highlight=False
+        )
+    if failed:
+        sys.exit(1)
+
+
+# -- async config --------------------------------------------------------------------------------------------
+
+
+@main.command("async-config")
+@click.argument("function")
+@click.option("--retries", type=click.IntRange(0, 3), default=1, show_default=True)
+@click.option("--max-age", type=click.IntRange(1, 86400), default=3600, show_default=True, help="seconds")
+@click.option("--on-success-function", default=None, help="function name/URN to receive success events")
+@click.option("--on-failure-function", default=None, help="function name/URN to receive failure events")
+@click.option("--on-success-obs", default=None, help="bucket[/prefix] for success events")
+@click.option("--on-failure-obs", default=None, help="bucket[/prefix] for failure events")
+@click.pass_context
+def async_config(
+    ctx: click.Context,
+    function: str,
+    retries: int,
+    max_age: int,
+    on_success_function: str | None,
+    on_failure_function: str | None,
+    on_success_obs: str | None,
+    on_failure_obs: str | None,
+) -> None:
+    """Set FUNCTION's async retry/age policy and destinations."""
+    client = _client(ctx)
+
+    def dest(fn: str | None, obs: str | None) -> dict[str, Any] | None:
+        if fn:
+            return {"destination": "FunctionGraph", "param": json.dumps({"func_urn": client.urn(fn)})}
+        if obs:
+            bucket, _, prefix = obs.partition("/")
+            return {"destination": "OBS", "param": json.dumps({"bucket": bucket, "prefix": prefix})}
+        return None
+
+    body = {
+        "max_async_retry_attempts": retries,
+        "max_async_event_age_in_seconds": max_age,
+        "destination_config": {
+            "on_success": dest(on_success_function, on_success_obs),
+            "on_failure": dest(on_failure_function, on_failure_obs),
+        },
+    }
+    try:
+        config = client.request("PUT", client.fgs(f"/functions/{client.urn(function)}/async-invoke-config"), body=body)
+    except ApiError as exc:
+        _fail(exc)
+    console.print_json(data=config.json())
+
+
+# -- records -------------------------------------------------------------------------------------------------
+
+
+@main.group()
+def records() -> None:
+    """Query async invocation records."""
+
+
+def _since(value: str) -> str:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if value[-1:] in units and value[:-1].isdigit():
+        moment = time.time() - int(value[:-1]) * units[value[-1]]
+        return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return value
+
+
+@records.command("list")
+@click.argument("function")
+@click.option("--status", type=click.Choice(["WAIT", "RUNNING", "SUCCESS", "FAIL", "DISCARD"]), default=None)
+@click.option("--since", default="1h", show_default=True, help="e.g. 30m, 6h, 7d or an ISO time (UTC)")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 500))
+@click.option("--trigger", "trigger_id", default=None)
+@click.pass_context
+def records_list(
+    ctx: click.Context, function: str, status: str | None, since: str, limit: int, trigger_id: str | None
+) -> None:
+    client = _client(ctx)
+    query = {"status": status, "limit": limit, "query_begin_time": _since(since), "trigger_id": trigger_id}
+    try:
+        data = client.request(
+            "GET", client.fgs(f"/functions/{client.urn(function)}/async-invocations"), query=query
+        ).json()
+    except ApiError as exc:
+        _fail(exc)
+    colors = {"SUCCESS": "green", "FAIL": "red", "DISCARD": "yellow", "RUNNING": "cyan", "WAIT": "white"}
+    table = Table(
+        "request id",
+        "status",
+        "attempts",
+        "start (UTC)",
+        "end (UTC)",
+        "error",
+        title=f"{data['count']} records",
+    )
+    for r in data["invocations"]:
+        color = colors.get(r["status"], "white")
+        error = f"{r['error_code']} {r['error_message']}" if r["error_code"] else ""
+        table.add_row(
+            r["request_id"],
+            f"[{color}]{r['status']}[/]",
+            str(r.get("attempts", "")),
+            r["start_time"],
+            r["end_time"],
+            error[:80],
+        )
+    console.print(table)
+
+
+@records.command("show")
+@click.argument("function")
+@click.argument("request_id")
+@click.pass_context
+def records_show(ctx: click.Context, function: str, request_id: str) -> None:
+    client = _client(ctx)
+    try:
+        data = client.request(
+            "GET", client.fgs(f"/functions/{client.urn(function)}/async-invocations/{request_id}")
+        ).json()
+    except ApiError as exc:
+        _fail(exc)
+    attempts = data.pop("attempt_details", [])
+    logs = [a.pop("logs", "") for a in attempts]
+    console.print_json(data=data)
+    for attempt, log_text in zip(attempts, logs, strict=True):
+        console.rule(f"attempt {attempt['n']}: {attempt['status']} {attempt['error_message']}")
+        console.print(log_text, highlight=False, markup=False)
+
+
+if __name__ == "__main__":
+    main()

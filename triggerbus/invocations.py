@@ -1,0 +1,129 @@
+"""Sync and async invocation entry points shared by the REST API and the connectors."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from bus.base import Bus, Outgoing
+from invoker.concurrency import ConcurrencyLimiter
+from invoker.dispatcher import Dispatcher
+from invoker.envelope import INVOCATIONS_TOPIC, InvocationEnvelope, new_request_id
+from invoker.records import Record
+from invoker.runtime.base import InvocationRequest, InvocationResult
+from schemas.errors import bad_request, not_found, throttled
+from schemas.records import AsyncStatus
+from schemas.urn import FunctionUrn
+from triggerbus.registry import FunctionRegistry
+from triggerbus.store.sqlite import SQLiteStore
+
+CANCELED_MESSAGE = "function invocation canceled"
+
+
+class InvocationService:
+    def __init__(
+        self,
+        bus: Bus,
+        store: SQLiteStore,
+        registry: FunctionRegistry,
+        dispatcher: Dispatcher,
+        limiter: ConcurrencyLimiter,
+    ) -> None:
+        self.bus = bus
+        self.store = store
+        self.registry = registry
+        self.dispatcher = dispatcher
+        self.limiter = limiter
+        self.sync_count = 0
+        self.accepted = 0
+
+    async def invoke_sync(
+        self,
+        function_urn: str,
+        payload: bytes,
+        *,
+        timeout_s: float | None = None,
+        request_id: str | None = None,
+    ) -> InvocationResult:
+        resolved = await self.registry.resolve(function_urn)
+        if resolved is None:
+            raise not_found(f"function {function_urn} does not exist")
+        spec = resolved.spec
+        if not self.limiter.try_acquire(spec.urn, spec.max_instances):
+            raise throttled(
+                f"function {spec.name} is at its limit of {spec.max_instances} concurrent instances; retry later"
+            )
+        try:
+            self.sync_count += 1
+            return await self.dispatcher.invoke(
+                spec,
+                InvocationRequest(request_id or new_request_id(), payload, invoke_type="sync", timeout_s=timeout_s),
+            )
+        finally:
+            self.limiter.release(spec.urn)
+
+    async def enqueue(
+        self,
+        function_urn: str,
+        payload: str,
+        *,
+        trigger_id: str | None = None,
+        trigger_type: str | None = None,
+        source: dict[str, Any] | None = None,
+        request_id: str | None = None,
+        enqueued_at: float | None = None,
+        redrive_of: str | None = None,
+    ) -> str:
+        """Durably accept an async invocation; returns its request id.
+
+        The bus append is the durable acceptance. The WAIT record written next is a
+        courtesy for immediate queries: if the process dies in between, the invoker
+        creates the record when it picks the event up.
+        """
+        urn = str(FunctionUrn.parse(function_urn))
+        envelope = InvocationEnvelope(
+            request_id=request_id or new_request_id(),
+            function_urn=urn,
+            payload=payload,
+            enqueued_at=enqueued_at if enqueued_at is not None else time.time(),
+            trigger_id=trigger_id,
+            trigger_type=trigger_type,
+            source=source or {},
+            redrive_of=redrive_of,
+        )
+        await self.bus.publish(Outgoing(INVOCATIONS_TOPIC, envelope.to_bytes(), key=urn))
+        await self.store.insert_record(
+            Record(
+                request_id=envelope.request_id,
+                function_urn=urn,
+                created=envelope.enqueued_at,
+                trigger_id=trigger_id,
+                trigger_type=trigger_type,
+                source=envelope.source,
+                redrive_of=redrive_of,
+                payload=payload.encode(),
+            )
+        )
+        self.accepted += 1
+        return envelope.request_id
+
+    async def cancel(self, function_urn: str, request_id: str) -> AsyncStatus:
+        """Stop a WAIT or RUNNING async invocation (it ends DISCARD, error 4208)."""
+        record = await self.store.get_record(request_id)
+        if (
+            record is None
+            or FunctionUrn.parse(record.function_urn).unqualified != FunctionUrn.parse(function_urn).unqualified
+        ):
+            raise bad_request(f"Invalid RequestId: no async invocation {request_id!r} of this function")
+        if record.status.terminal:
+            raise bad_request(f"async invocation {request_id} already finished with status {record.status.value}")
+        if await self.store.cancel_waiting(request_id, CANCELED_MESSAGE):
+            return AsyncStatus.DISCARD
+        await self.store.update_record(request_id, cancel_requested=True)
+        if await self.dispatcher.cancel(request_id):
+            return AsyncStatus.DISCARD
+        # Neither waiting nor running here right now (between two steps): try once more.
+        if await self.store.cancel_waiting(request_id, CANCELED_MESSAGE):
+            return AsyncStatus.DISCARD
+        current = await self.store.get_record(request_id)
+        return current.status if current else AsyncStatus.DISCARD

@@ -1,0 +1,189 @@
+"""Wires the embedded service: one process, one data directory, no external servers.
+
+connectors ──► bus (SQLite log) ──► batcher ──► bus ──► async invoker ──► runtimes
+                                                          │
+                               records (SQLite) ◄─────────┤
+                               destinations (bus) ◄───────┘
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import time
+from pathlib import Path
+from typing import IO
+
+from bus.sqlite import SQLiteBus
+from bus.sqlitedb import Database
+from connectors.apig import ApigConnector
+from connectors.base import ConnectorContext
+from connectors.timer import TimerConnector
+from invoker.async_invoker import AsyncInvoker
+from invoker.batching import Batcher
+from invoker.completion import CompletionHub
+from invoker.concurrency import ConcurrencyLimiter
+from invoker.destinations import DestinationSink, DestinationWorker
+from invoker.dispatcher import Dispatcher
+from invoker.obs_sink import OBSSink
+from invoker.retry import RetryPolicy
+from invoker.runtime.http_runtime import HttpRuntime
+from invoker.runtime.python_runtime import PythonRuntime
+from schemas.async_config import DestinationKind
+from triggerbus.config import Settings
+from triggerbus.invocations import InvocationService
+from triggerbus.registry import FunctionRegistry
+from triggerbus.secrets import SecretBox
+from triggerbus.store.sqlite import SQLiteStore
+from triggerbus.triggers import TriggerManager
+
+log = logging.getLogger(__name__)
+
+
+class DataDirLocked(RuntimeError):
+    pass
+
+
+def lock_data_dir(data_dir: Path) -> IO[str]:
+    """One service process per data directory: the embedded bus assigns offsets in memory."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(data_dir / "LOCK", "a+")  # noqa: SIM115 - held for the process lifetime
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise DataDirLocked(
+            f"{data_dir} is in use by another triggerbus process; give this one its own --data-dir"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+class Service:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.started_at = 0.0
+        self._lock: IO[str] | None = None
+        self._housekeeping: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        s = self.settings
+        self._lock = lock_data_dir(s.data_dir)
+        self.token = s.load_token()
+        self.secrets = SecretBox.load(s.data_dir)
+        self.db = Database(s.data_dir / "triggerbus.db", synchronous=s.sqlite_synchronous)
+        await self.db.open()
+        self.bus = SQLiteBus(self.db, partitions=s.bus_partitions)
+        await self.bus.start()
+        self.store = SQLiteStore(self.db)
+        await self.store.start()
+
+        sinks: dict[DestinationKind, DestinationSink] = {}
+        if s.obs_endpoint:
+            sinks[DestinationKind.OBS] = OBSSink(s.obs_endpoint, s.obs_access_key, s.obs_secret_key)
+        kinds = {DestinationKind.FUNCTIONGRAPH, *sinks}
+        self.registry = FunctionRegistry(
+            self.store,
+            self.secrets,
+            s.data_dir / "code",
+            s.region,
+            destination_kinds=kinds,
+            forbidden_code_urls=self._own_urls(),
+        )
+        self.limiter = ConcurrencyLimiter()
+        self.python_runtime = PythonRuntime(max_workers=s.max_workers, idle_ttl_s=s.worker_idle_ttl_s)
+        self.dispatcher = Dispatcher({"python": self.python_runtime, "http": HttpRuntime()})
+        await self.dispatcher.start()
+        self.completion = CompletionHub()
+        retry = RetryPolicy(base_s=s.retry_base_s, cap_s=s.retry_cap_s)
+        self.invocations = InvocationService(self.bus, self.store, self.registry, self.dispatcher, self.limiter)
+        self.invoker = AsyncInvoker(
+            self.bus,
+            self.store,
+            self.registry,
+            self.dispatcher,
+            self.limiter,
+            completion=self.completion,
+            retry=retry,
+            max_in_flight=s.invoker_max_in_flight,
+        )
+        self.batcher = Batcher(self.bus, self.store, completion=self.completion)
+        self.destinations = DestinationWorker(self.bus, self.store, sinks, retry=retry)
+
+        ctx = ConnectorContext(
+            bus=self.bus,
+            state=self.store,
+            invocations=self.invocations,
+            completion=self.completion,
+            region=s.region,
+            default_tz=s.timezone,
+            node_id=s.node_id,
+            public_url=s.base_url(),
+            auth_token=self.token,
+        )
+        self.timer = TimerConnector(
+            ctx,
+            lease_ttl=s.timer_lease_ttl_s,
+            misfire_policy=s.timer_misfire_policy,
+            catchup_window=s.timer_catchup_window_s,
+        )
+        self.apig = ApigConnector(ctx)
+        self.triggers = TriggerManager(self.store, self.secrets, self.registry)
+        for connector in (self.timer, self.apig):
+            self.triggers.register(connector)
+            await connector.start()
+
+        await self.invoker.start()
+        await self.batcher.start()
+        await self.destinations.start()
+        active = await self.triggers.activate_all()
+        self._housekeeping = asyncio.create_task(self._housekeep(), name="housekeeping")
+        self.started_at = time.time()
+        log.info("service started: %d active triggers, data dir %s", active, s.data_dir)
+
+    def _own_urls(self) -> tuple[str, ...]:
+        s = self.settings
+        hosts = {s.host, "127.0.0.1", "localhost", "0.0.0.0", "[::1]"}
+        return (*(f"{scheme}://{h}:{s.port}" for h in hosts for scheme in ("http", "https")), s.base_url())
+
+    async def _housekeep(self) -> None:
+        """Retention of records and timer fire marks."""
+        while True:
+            await asyncio.sleep(300)
+            try:
+                horizon = time.time() - self.settings.records_retention_days * 86400
+                purged = await self.store.purge_records(horizon)
+                while purged > 0:  # in slices, so writers are not held up
+                    purged = await self.store.purge_records(horizon)
+                await self.store.purge_timer_fires(horizon)
+            except Exception:
+                log.exception("housekeeping failed")
+
+    async def close(self) -> None:
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._housekeeping
+        for closer in (
+            self.timer.close,
+            self.apig.close,
+            self.invoker.close,
+            self.batcher.close,
+            self.destinations.close,
+        ):
+            try:
+                await closer()
+            except Exception:
+                log.exception("error while stopping")
+        await self.dispatcher.close()
+        await self.bus.close()
+        await self.db.close()
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None

@@ -1,0 +1,257 @@
+"""Trigger lifecycle: validate, store (secrets encrypted), activate in its connector, audit."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from connectors.base import Connector, TriggerSpec
+from schemas.errors import FSSError, bad_request, not_found, validation_failed
+from schemas.triggers import (
+    SECRET_FIELDS,
+    TriggerStatus,
+    TriggerType,
+    check_status,
+    initial_status,
+    parse_event_data,
+    parse_trigger_type,
+    redact_event_data,
+)
+from triggerbus.registry import FunctionRegistry
+from triggerbus.secrets import SecretBox
+from triggerbus.store.models import StoredFunction, StoredTrigger
+from triggerbus.store.sqlite import SQLiteStore
+
+log = logging.getLogger(__name__)
+
+
+class CreateTriggerRequest(BaseModel):
+    trigger_type_code: str
+    trigger_status: str | None = None
+    event_type_code: str | None = None
+    event_data: Any = None
+
+
+class UpdateTriggerRequest(BaseModel):
+    trigger_status: str | None = None
+    event_data: dict[str, Any] | None = None
+
+
+# Fields FunctionGraph lets an update change (DIS polling knobs) plus the ones whose
+# change is harmless to apply in place.
+UPDATABLE_FIELDS: dict[str, frozenset[str]] = {
+    "DIS": frozenset({"is_serial", "max_fetch_bytes", "polling_interval", "polling_unit", "batch_size"}),
+    "TIMER": frozenset({"schedule", "schedule_type", "user_event"}),
+}
+
+
+def fg_time(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+class TriggerManager:
+    def __init__(self, store: SQLiteStore, secrets: SecretBox, registry: FunctionRegistry) -> None:
+        self.store = store
+        self.secrets = secrets
+        self.registry = registry
+        self.connectors: dict[str, Connector] = {}
+
+    def register(self, connector: Connector) -> None:
+        for trigger_type in connector.trigger_types:
+            self.connectors[trigger_type] = connector
+
+    def connector_for(self, trigger_type: str) -> Connector:
+        connector = self.connectors.get(trigger_type)
+        if connector is None:
+            served = ", ".join(sorted(self.connectors))
+            raise bad_request(
+                f"trigger_type_code: {trigger_type} triggers are not served by this Triggerbus yet (served: {served})"
+            )
+        return connector
+
+    def _spec(self, trigger: StoredTrigger) -> TriggerSpec:
+        secret = SECRET_FIELDS.get(TriggerType(trigger.trigger_type), frozenset())
+        return TriggerSpec(
+            trigger_id=trigger.trigger_id,
+            function_urn=trigger.function_urn,
+            trigger_type=trigger.trigger_type,
+            event_data=self.secrets.decrypt_fields(trigger.event_data, secret),
+            created=trigger.created,
+            status=trigger.status,
+        )
+
+    def _validated(self, trigger_type: TriggerType, data: Any) -> dict[str, Any]:
+        model = parse_event_data(trigger_type.value, data)
+        return model.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+    async def _existing(self) -> list[TriggerSpec]:
+        return [self._spec(t) for t in await self.store.list_triggers()]
+
+    # -- API operations ---------------------------------------------------------------------------
+
+    async def create(self, fn: StoredFunction, body: Any) -> StoredTrigger:
+        try:
+            req = CreateTriggerRequest.model_validate(body)
+        except ValidationError as exc:
+            raise validation_failed(exc) from None
+        trigger_type = parse_trigger_type(req.trigger_type_code)
+        connector = self.connector_for(trigger_type.value)
+        if fn.runtime == "http" and trigger_type.value not in ("APIG", "DEDICATEDGATEWAY", "APIC"):
+            raise bad_request("HTTP functions can only have APIG/APIC triggers, as on FunctionGraph")
+        event_data = self._validated(trigger_type, req.event_data)
+        status = initial_status(trigger_type.value, req.trigger_status)
+        now = time.time()
+        trigger_id = str(uuid.uuid4())
+        spec = TriggerSpec(trigger_id, fn.qualified_urn, trigger_type.value, event_data, now, status.value)
+        extra = await connector.validate(spec, existing=await self._existing())
+        spec.event_data = {**event_data, **extra}
+        secret = SECRET_FIELDS.get(trigger_type, frozenset())
+        stored = StoredTrigger(
+            trigger_id=trigger_id,
+            function_urn=fn.qualified_urn,
+            trigger_type=trigger_type.value,
+            status=status.value,
+            event_type_code=req.event_type_code or "",
+            event_data=self.secrets.encrypt_fields(spec.event_data, secret),
+            created=now,
+            updated=now,
+        )
+        await self.store.put_trigger(stored)
+        await self.store.audit(
+            "createTrigger",
+            trigger_id,
+            {"type": trigger_type.value, "function": fn.qualified_urn, "status": status.value},
+        )
+        if status is TriggerStatus.ACTIVE:
+            await self._activate(stored, connector, spec)
+        return stored
+
+    async def _activate(self, stored: StoredTrigger, connector: Connector, spec: TriggerSpec) -> None:
+        try:
+            await connector.activate(spec)
+        except FSSError:
+            raise
+        except Exception as exc:
+            log.exception("activating trigger %s failed", stored.trigger_id)
+            stored.last_error = f"{type(exc).__name__}: {exc}"
+            stored.last_error_at = time.time()
+            await self.store.put_trigger(stored)
+
+    async def get(self, fn: StoredFunction, trigger_type: str, trigger_id: str) -> StoredTrigger:
+        trigger = await self.store.get_trigger(trigger_id)
+        if trigger is None or trigger.function_urn != fn.qualified_urn or trigger.trigger_type != trigger_type.upper():
+            raise not_found(f"trigger {trigger_id} ({trigger_type}) of function {fn.name} does not exist")
+        return trigger
+
+    async def list(self, fn: StoredFunction) -> list[StoredTrigger]:
+        return await self.store.list_triggers(function_urn=fn.qualified_urn)
+
+    async def update(self, fn: StoredFunction, trigger_type: str, trigger_id: str, body: Any) -> StoredTrigger:
+        trigger = await self.get(fn, trigger_type, trigger_id)
+        try:
+            req = UpdateTriggerRequest.model_validate(body)
+        except ValidationError as exc:
+            raise validation_failed(exc) from None
+        connector = self.connector_for(trigger.trigger_type)
+        spec = self._spec(trigger)
+        new_status = trigger.status
+        if req.trigger_status is not None:
+            new_status = check_status(trigger.trigger_type, req.trigger_status).value
+        data_changed = False
+        if req.event_data:
+            allowed = UPDATABLE_FIELDS.get(trigger.trigger_type, frozenset())
+            refused = sorted(set(req.event_data) - allowed)
+            if refused:
+                raise bad_request(
+                    f"event_data: {', '.join(refused)} cannot be changed on a {trigger.trigger_type} trigger "
+                    f"(updatable: {', '.join(sorted(allowed)) or 'none'}); delete and recreate it instead"
+                )
+            merged = {**spec.event_data, **req.event_data}
+            spec.event_data = {
+                **self._validated(TriggerType(trigger.trigger_type), merged),
+                **{k: v for k, v in spec.event_data.items() if k not in merged or k in ("invoke_url", "api_id")},
+            }
+            await connector.validate(spec, existing=await self._existing())
+            data_changed = True
+        secret = SECRET_FIELDS.get(TriggerType(trigger.trigger_type), frozenset())
+        old_status = trigger.status
+        trigger.status = new_status
+        trigger.event_data = self.secrets.encrypt_fields(spec.event_data, secret)
+        trigger.updated = time.time()
+        await self.store.put_trigger(trigger)
+        if old_status != new_status:
+            action = "enableTrigger" if new_status == TriggerStatus.ACTIVE.value else "disableTrigger"
+            await self.store.audit(action, trigger_id, {"type": trigger.trigger_type})
+        if data_changed:
+            await self.store.audit("updateTrigger", trigger_id, {"fields": sorted(req.event_data or {})})
+        spec.status = new_status
+        if new_status == TriggerStatus.DISABLED.value and old_status != new_status:
+            await connector.deactivate(trigger_id)
+        elif new_status == TriggerStatus.ACTIVE.value and (old_status != new_status or data_changed):
+            if data_changed and old_status == new_status:
+                await connector.deactivate(trigger_id)
+            await self._activate(trigger, connector, spec)
+        return trigger
+
+    async def delete(self, trigger: StoredTrigger) -> None:
+        connector = self.connectors.get(trigger.trigger_type)
+        if connector is not None:
+            await connector.deactivate(trigger.trigger_id)
+        await self.store.delete_trigger(trigger.trigger_id)
+        await self.store.audit("deleteTrigger", trigger.trigger_id, {"type": trigger.trigger_type})
+
+    async def delete_all(self, fn: StoredFunction) -> int:
+        triggers = await self.list(fn)
+        for trigger in triggers:
+            await self.delete(trigger)
+        return len(triggers)
+
+    # -- service lifecycle ------------------------------------------------------------------------------
+
+    async def activate_all(self) -> int:
+        count = 0
+        for trigger in await self.store.list_triggers():
+            if trigger.status != TriggerStatus.ACTIVE.value:
+                continue
+            connector = self.connectors.get(trigger.trigger_type)
+            if connector is None:
+                log.warning(
+                    "trigger %s: no connector for %s in this service",
+                    trigger.trigger_id,
+                    trigger.trigger_type,
+                )
+                continue
+            await self._activate(trigger, connector, self._spec(trigger))
+            count += 1
+        return count
+
+    def to_api(self, trigger: StoredTrigger) -> dict[str, Any]:
+        secret = SECRET_FIELDS.get(TriggerType(trigger.trigger_type), frozenset())
+        event_data = redact_event_data(trigger.trigger_type, self.secrets.decrypt_fields(trigger.event_data, secret))
+        if "app_code" in event_data:
+            event_data["app_code"] = "******"
+        body: dict[str, Any] = {
+            "trigger_id": trigger.trigger_id,
+            "trigger_type_code": trigger.trigger_type,
+            "trigger_status": trigger.status,
+            "event_type_code": trigger.event_type_code,
+            "event_data": event_data,
+            "last_updated_time": fg_time(trigger.updated),
+            "created_time": fg_time(trigger.created),
+        }
+        connector = self.connectors.get(trigger.trigger_type)
+        state = connector.status(trigger.trigger_id) if connector else {}
+        if trigger.last_error:
+            state = {
+                **state,
+                "last_error": trigger.last_error,
+                "last_error_time": fg_time(trigger.last_error_at or 0),
+            }
+        if state:
+            body["state"] = state
+        return body
