@@ -121,7 +121,8 @@ class MemorySubscription(Subscription):
                 if remaining <= 0:
                     return []
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.bus._changed.wait(), timeout=remaining)
+                    async with asyncio.timeout(remaining):
+                        await self.bus._changed.wait()
         return []
 
     def ack(self, message: Message) -> None:

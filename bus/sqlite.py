@@ -205,7 +205,8 @@ class SQLiteBus(Bus):
             self._delayed_wakeup.clear()
             wait = 5.0 if next_due is None else max(0.0, min(5.0, next_due - time.time()))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._delayed_wakeup.wait(), timeout=wait)
+                async with asyncio.timeout(wait):
+                    await self._delayed_wakeup.wait()
 
     async def _move_due_once(self) -> tuple[int, float | None]:
         now = time.time()
@@ -362,7 +363,8 @@ class SQLiteSubscription(Subscription):
                 if remaining <= 0:
                     return []
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._capacity.wait(), timeout=remaining)
+                    async with asyncio.timeout(remaining):
+                        await self._capacity.wait()
                 continue
             wakeups = [self.bus._wakeup(t) for t in self.topics]
             for event in wakeups:
@@ -397,26 +399,37 @@ class SQLiteSubscription(Subscription):
 
         def read(conn: sqlite3.Connection) -> list[Message]:
             out: list[Message] = []
-            for topic, part, after in candidates:
-                if len(out) >= budget:
-                    break
-                rows = conn.execute(
-                    "SELECT offset, key, value, headers, ts FROM bus_log "
-                    "WHERE topic = ? AND partition = ? AND offset > ? ORDER BY offset LIMIT ?",
-                    (topic, part, after, min(share, budget - len(out))),
-                ).fetchall()
-                for row in rows:
-                    out.append(
-                        Message(
-                            topic=topic,
-                            partition=part,
-                            offset=row["offset"],
-                            key=row["key"],
-                            value=bytes(row["value"]),
-                            headers=json.loads(row["headers"]) if row["headers"] else {},
-                            timestamp=row["ts"],
+            # First a fair share per partition, then fill the rest of the budget from
+            # partitions that had more.
+            pending = list(candidates)
+            for limit_of in (lambda: share, lambda: budget - len(out)):
+                more = []
+                for topic, part, after in pending:
+                    limit = min(limit_of(), budget - len(out))
+                    if limit <= 0:
+                        break
+                    rows = conn.execute(
+                        "SELECT offset, key, value, headers, ts FROM bus_log "
+                        "WHERE topic = ? AND partition = ? AND offset > ? ORDER BY offset LIMIT ?",
+                        (topic, part, after, limit),
+                    ).fetchall()
+                    for row in rows:
+                        out.append(
+                            Message(
+                                topic=topic,
+                                partition=part,
+                                offset=row["offset"],
+                                key=row["key"],
+                                value=bytes(row["value"]),
+                                headers=json.loads(row["headers"]) if row["headers"] else {},
+                                timestamp=row["ts"],
+                            )
                         )
-                    )
+                    if len(rows) == limit:
+                        more.append((topic, part, rows[-1]["offset"]))
+                pending = more
+                if not pending or len(out) >= budget:
+                    break
             return out
 
         batch = await self.bus.db.read(read)

@@ -77,12 +77,15 @@ class Database:
 
     async def migrate(self, statements: Iterable[str]) -> None:
         """Run DDL (idempotent ``CREATE ... IF NOT EXISTS``) through the writer."""
-        for statement in statements:
+        # executescript() would COMMIT the writer's open transaction, so run DDL
+        # statement by statement inside it instead.
+        parts = [p.strip() for script in statements for p in script.split(";") if p.strip()]
 
-            def run(conn: sqlite3.Connection, script: str = statement) -> None:
-                conn.executescript(script)
+        def run(conn: sqlite3.Connection) -> None:
+            for part in parts:
+                conn.execute(part)
 
-            await self.write(run)
+        await self.write(run)
 
     async def close(self) -> None:
         if self._thread is not None:

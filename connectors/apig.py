@@ -233,7 +233,8 @@ class ApigConnector(Connector):
             self._background.add(invocation)
             invocation.add_done_callback(self._background.discard)
             try:
-                result = await asyncio.wait_for(asyncio.shield(invocation), timeout=route.timeout_s)
+                async with asyncio.timeout(route.timeout_s):
+                    result = await asyncio.shield(invocation)
             except TimeoutError:
                 return _error(504, "APIG.0203", f"backend timeout after {route.timeout_s * 1000:.0f} ms", request_id)
         except FSSError as exc:

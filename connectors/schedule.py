@@ -51,11 +51,23 @@ Time zones and daylight-saving time (documented policy)
   Several gap times collapse into that single fire, and it is not doubled if the
   schedule also fires naturally at that instant. ``preview()`` marks it
   ``"dst-gap-shifted"`` (unless the schedule fires naturally at that instant anyway).
+  This applies to every cron schedule, including ones whose hour field is ``*``: on
+  Berlin's spring-forward day ``0 7 * * * *`` fires at 01:07+01:00, 03:00+02:00
+  (shifted) and 03:07+02:00.
 * Fall-back overlap: a wall-clock time that occurs twice fires once, at its first
   occurrence, UNLESS the hour field selects all 24 hours (``*``, ``*/1``, ``0-23``,
   ``@hourly`` ...). Such a schedule is interval-like and fires at both occurrences.
   ``preview()`` marks every fire whose wall-clock time is ambiguous ``"dst-overlap"``.
 * Rate and ``@every`` are absolute durations and do not depend on DST.
+
+Returned datetimes
+==================
+
+Fire times are aware datetimes in the schedule's zone, with ``fold=1`` on the second
+occurrence of a repeated wall-clock time. Python compares and subtracts datetimes that
+share a ``tzinfo`` by wall clock, ignoring ``fold``: compare fire times in UTC
+(``dt.astimezone(UTC)``) or via ``timestamp()``. ``format_fire_time`` always shows the
+correct offset.
 
 Misfires
 ========
@@ -87,6 +99,7 @@ from typing import NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 __all__ = [
+    "MIN_EVERY",
     "NOTE_DST_GAP_SHIFTED",
     "NOTE_DST_OVERLAP",
     "NOTE_NONE",
@@ -208,9 +221,7 @@ def _month_shape(year: int, month: int) -> tuple[int, int]:
 
 
 @lru_cache(maxsize=65536)
-def _matching_days(
-    dom_mask: int, dow_mask: int, either: bool, first_weekday: int, length: int
-) -> tuple[int, ...]:
+def _matching_days(dom_mask: int, dow_mask: int, either: bool, first_weekday: int, length: int) -> tuple[int, ...]:
     """Days of a month with this shape that satisfy the day and weekday masks."""
     days = []
     for day in range(1, length + 1):
@@ -282,9 +293,7 @@ class Schedule(ABC):
         return out
 
     def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(kind={self.kind!r}, expression={self.expression!r}, tz={self.tz.key!r})"
-        )
+        return f"{type(self).__name__}(kind={self.kind!r}, expression={self.expression!r}, tz={self.tz.key!r})"
 
 
 class IntervalSchedule(Schedule):
@@ -296,9 +305,7 @@ class IntervalSchedule(Schedule):
     anchor: datetime
     """Start of the interval grid, in UTC."""
 
-    def __init__(
-        self, kind: str, expression: str, tz: ZoneInfo, interval: timedelta, anchor: datetime
-    ) -> None:
+    def __init__(self, kind: str, expression: str, tz: ZoneInfo, interval: timedelta, anchor: datetime) -> None:
         _require_aware(anchor, "anchor")
         if interval <= timedelta(0):
             raise ScheduleError(f"{kind} schedule {expression!r}: interval must be positive")
@@ -316,9 +323,7 @@ class IntervalSchedule(Schedule):
             fire = self.anchor + steps * self.interval
             return fire.astimezone(self.tz), NOTE_NONE
         except (OverflowError, ValueError) as exc:
-            raise ScheduleError(
-                f"{self.kind} schedule {self.expression!r}: no fire time before year 10000"
-            ) from exc
+            raise ScheduleError(f"{self.kind} schedule {self.expression!r}: no fire time before year 10000") from exc
 
 
 class CronSchedule(Schedule):
@@ -506,9 +511,7 @@ _MONTH_NAMES = {
         ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"), start=1
     )
 }
-_WEEKDAY_NAMES = {
-    name: number for number, name in enumerate(("SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"))
-}
+_WEEKDAY_NAMES = {name: number for number, name in enumerate(("SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"))}
 
 _FIELDS = (
     _Field("second", 0, 59, {}, False, "0-59"),
@@ -726,12 +729,8 @@ def _parse_cron(expression: str, default_zone: ZoneInfo, anchor: datetime) -> Sc
             raise ScheduleError(f"{where}: {_FIELDS[index].name} field {text!r}: {exc}") from None
     (seconds, _), (minutes, _), (hours, _), (days, day_any), (months, _), (weekdays, weekday_any) = parsed
     if weekday_any and not day_any and not any(day <= _MAX_DAYS[month] for month in months for day in days):
-        raise ScheduleError(
-            f"{where}: never fires: day field {texts[3]!r} does not occur in month field {texts[4]!r}"
-        )
-    return CronSchedule(
-        expression, tz, (seconds, minutes, hours, days, months, weekdays), day_any, weekday_any
-    )
+        raise ScheduleError(f"{where}: never fires: day field {texts[3]!r} does not occur in month field {texts[4]!r}")
+    return CronSchedule(expression, tz, (seconds, minutes, hours, days, months, weekdays), day_any, weekday_any)
 
 
 def _parse_rate(expression: str, tz: ZoneInfo, anchor: datetime) -> IntervalSchedule:
@@ -758,9 +757,7 @@ def _parse_rate(expression: str, tz: ZoneInfo, anchor: datetime) -> IntervalSche
     return IntervalSchedule("rate", expression, tz, timedelta(seconds=value * unit_seconds), anchor)
 
 
-def parse_schedule(
-    schedule_type: str, schedule: str, *, default_tz: str, anchor: datetime | None = None
-) -> Schedule:
+def parse_schedule(schedule_type: str, schedule: str, *, default_tz: str, anchor: datetime | None = None) -> Schedule:
     """Parse a TIMER trigger rule.
 
     ``schedule_type`` is ``"Rate"`` or ``"Cron"`` (case-insensitive). ``default_tz`` is

@@ -110,7 +110,8 @@ class TimerConnector(Connector):
 
     def _schedule_of(self, trigger: TriggerSpec) -> Schedule:
         data = trigger.event_data
-        anchor = datetime.fromtimestamp(trigger.created, UTC)
+        # Whole seconds: "3m" and "@every 10s" fire on second boundaries, as cron users expect.
+        anchor = datetime.fromtimestamp(int(trigger.created), UTC)
         return parse_schedule(
             str(data.get("schedule_type", "")),
             str(data.get("schedule", "")),
@@ -201,7 +202,8 @@ class TimerConnector(Connector):
     async def _sleep(self, seconds: float) -> None:
         self._wakeup.clear()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wakeup.wait(), timeout=seconds)
+            async with asyncio.timeout(seconds):
+                await self._wakeup.wait()
 
     async def _ensure_lease(self) -> None:
         renew_every = self.lease_ttl / 3

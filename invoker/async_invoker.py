@@ -184,9 +184,7 @@ class AsyncInvoker:
         elif record.status.terminal:
             self.stats["duplicates"] += 1
             return
-        elif record.attempts > env.attempt + 1 or (
-            record.status is AsyncStatus.WAIT and record.attempts > env.attempt
-        ):
+        elif record.attempts > env.attempt + 1 or (record.status is AsyncStatus.WAIT and record.attempts > env.attempt):
             # A stale copy: a later attempt was scheduled or ran already (a retry and a replay
             # of the message that scheduled it). A RUNNING record at our own attempt number is
             # a crash replay and runs again.
@@ -262,9 +260,7 @@ class AsyncInvoker:
                 )
                 return
             retry = env.model_copy(update={"attempt": attempt.n})
-            await self.bus.publish(
-                Outgoing(INVOCATIONS_TOPIC, retry.to_bytes(), key=env.function_urn, deliver_at=due)
-            )
+            await self.bus.publish(Outgoing(INVOCATIONS_TOPIC, retry.to_bytes(), key=env.function_urn, deliver_at=due))
             await self.records.finish_attempt(
                 env.request_id,
                 attempt,
@@ -293,9 +289,7 @@ class AsyncInvoker:
         )
         self.stats["parked"] += 1
 
-    async def _discard_expired(
-        self, env: InvocationEnvelope, resolved: ResolvedFunction, last_error: str
-    ) -> None:
+    async def _discard_expired(self, env: InvocationEnvelope, resolved: ResolvedFunction, last_error: str) -> None:
         age = resolved.async_config.max_async_event_age_in_seconds
         message = f"event older than max_async_event_age_in_seconds={age} before it could run"
         if last_error:

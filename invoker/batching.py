@@ -138,9 +138,7 @@ class Batcher:
         except ValueError as exc:
             log.error("unreadable stream item at %s/%s: %s", message.partition, message.offset, exc)
             await self.bus.publish(
-                Outgoing(
-                    DEADLETTER_TOPIC, message.value, headers={"from": STREAM_TOPIC, "reason": str(exc)[:500]}
-                )
+                Outgoing(DEADLETTER_TOPIC, message.value, headers={"from": STREAM_TOPIC, "reason": str(exc)[:500]})
             )
             self._sub.ack(message)
             return
@@ -202,9 +200,7 @@ class Batcher:
         )
         while True:
             try:
-                await self.bus.publish(
-                    Outgoing(INVOCATIONS_TOPIC, envelope.to_bytes(), key=envelope.function_urn)
-                )
+                await self.bus.publish(Outgoing(INVOCATIONS_TOPIC, envelope.to_bytes(), key=envelope.function_urn))
                 break
             except Exception:
                 log.exception("publishing a batch for trigger %s failed; retrying", first.trigger_id)
@@ -238,8 +234,6 @@ class Batcher:
         )
         log.warning("trigger %s: %s", first.trigger_id, reason)
         self.rejected += len(items)
-        self.completion.done(
-            Completion(request_id, first.trigger_id, tuple(i.item_id for i in items), status)
-        )
+        self.completion.done(Completion(request_id, first.trigger_id, tuple(i.item_id for i in items), status))
         for message, _ in entries:
             self._sub.ack(message)

@@ -161,9 +161,7 @@ def function_targets(config: AsyncInvokeConfig) -> list[tuple[str, str]]:
     return out
 
 
-def check_no_cycle(
-    function_urn: str, config: AsyncInvokeConfig, others: Mapping[str, AsyncInvokeConfig]
-) -> None:
+def check_no_cycle(function_urn: str, config: AsyncInvokeConfig, others: Mapping[str, AsyncInvokeConfig]) -> None:
     """Refuse a config whose FunctionGraph destinations lead back to ``function_urn``.
 
     ``others`` maps unqualified URNs to their saved configs (the edited one is replaced).
@@ -270,9 +268,7 @@ class DestinationWorker:
                 message.partition,
                 message.offset,
             )
-            await self.bus.publish(
-                Outgoing("tb.deadletter", message.value, headers={"from": DESTINATIONS_TOPIC})
-            )
+            await self.bus.publish(Outgoing("tb.deadletter", message.value, headers={"from": DESTINATIONS_TOPIC}))
             self._sub.ack(message)
             return
         try:

@@ -47,9 +47,7 @@ class Dispatcher:
             return await runtime.invoke(spec, request)
         except Exception as exc:
             log.exception("runtime %s failed on request %s", kind, request.request_id)
-            error = InvocationError(
-                ErrorCategory.SYSTEM_ERROR, f"runtime failure: {type(exc).__name__}: {exc}"
-            )
+            error = InvocationError(ErrorCategory.SYSTEM_ERROR, f"runtime failure: {type(exc).__name__}: {exc}")
             return InvocationResult(
                 request.request_id, _error_body(error), error, duration_ms=(time.monotonic() - started) * 1000
             )

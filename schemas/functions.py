@@ -119,9 +119,7 @@ class CreateFunctionRequest(FGModel):
     def _code(self) -> CreateFunctionRequest:
         if self.runtime == HTTP_RUNTIME:
             if not self.code_url or not re.match(r"^https?://[^\s/]+", self.code_url):
-                raise ValueError(
-                    "code_url: an http runtime needs code_url, an http(s) base URL serving POST /invoke"
-                )
+                raise ValueError("code_url: an http runtime needs code_url, an http(s) base URL serving POST /invoke")
             self.code_type = None
             return self
         if not HANDLER_RE.match(self.handler):

@@ -352,9 +352,7 @@ class GaussMongoEventData(MongoEventData):
 
 class DISEventData(EventData):
     stream_name: NonEmptyStr
-    sharditerator_type: Annotated[
-        Literal["TRIM_HORIZON", "LATEST"], _normalise_case(("TRIM_HORIZON", "LATEST"))
-    ]
+    sharditerator_type: Annotated[Literal["TRIM_HORIZON", "LATEST"], _normalise_case(("TRIM_HORIZON", "LATEST"))]
     polling_interval: Annotated[StrictInt, Field(gt=0)]
     polling_unit: Annotated[Literal["s", "ms"], _normalise_case(("s", "ms"))] = "s"
     max_fetch_bytes: Annotated[StrictInt, Field(ge=0, le=4194304)] | None = None
@@ -510,9 +508,7 @@ def parse_trigger_type(trigger_type: object) -> TriggerType:
             return TriggerType(trigger_type.strip().upper())
         except ValueError:
             pass
-    raise bad_request(
-        f"unsupported trigger_type_code {trigger_type!r}: expected one of {', '.join(TriggerType)}"
-    )
+    raise bad_request(f"unsupported trigger_type_code {trigger_type!r}: expected one of {', '.join(TriggerType)}")
 
 
 def parse_event_data(trigger_type: str, data: object) -> EventData:
@@ -570,9 +566,7 @@ def check_status(trigger_type: str | TriggerType, requested: object) -> TriggerS
     kind = parse_trigger_type(trigger_type)
     status = parse_status(requested)
     if status is TriggerStatus.DISABLED and kind in CANNOT_DISABLE:
-        raise bad_request(
-            f"trigger_status: {kind} triggers cannot be disabled, only deleted (got {requested!r})"
-        )
+        raise bad_request(f"trigger_status: {kind} triggers cannot be disabled, only deleted (got {requested!r})")
     return status
 
 

@@ -39,12 +39,7 @@ class FunctionUrn:
         ``urn:cff:`` (seen in SMN-side docs) is accepted as a synonym of ``urn:fss:``.
         """
         parts = text.split(":")
-        if (
-            len(parts) not in (7, 8)
-            or parts[0] != "urn"
-            or parts[1] not in ("fss", "cff")
-            or parts[4] != "function"
-        ):
+        if len(parts) not in (7, 8) or parts[0] != "urn" or parts[1] not in ("fss", "cff") or parts[4] != "function":
             raise bad_request(
                 f"invalid function urn {text!r}: expected "
                 "'urn:fss:<region>:<project_id>:function:<package>:<name>[:<version>]'"

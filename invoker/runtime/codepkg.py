@@ -72,15 +72,12 @@ def extract_zip(
     with zf:
         infos = zf.infolist()
         if len(infos) > max_files:
-            raise CodePackageError(
-                f"code package has {len(infos)} entries, more than the limit of {max_files}"
-            )
+            raise CodePackageError(f"code package has {len(infos)} entries, more than the limit of {max_files}")
         plan = [(info, _check_entry(info)) for info in infos]
         declared = sum(info.file_size for info in infos if not info.is_dir())
         if declared > max_uncompressed:
             raise CodePackageError(
-                f"code package declares {declared} bytes uncompressed, "
-                f"over the limit of {max_uncompressed} bytes"
+                f"code package declares {declared} bytes uncompressed, over the limit of {max_uncompressed} bytes"
             )
         created = not dest.exists()
         try:
@@ -116,9 +113,9 @@ def _check_entry(info: zipfile.ZipInfo) -> tuple[str, ...]:
     parts = tuple(p for p in normalized.split("/") if p not in ("", "."))
     if ".." in parts:
         raise CodePackageError(f"entry {name!r} escapes the code directory ('..'); path traversal")
-    if not parts:
+    if not parts and not info.is_dir():
         raise CodePackageError(f"entry {name!r} has no usable path")
-    return parts
+    return parts  # () for a "./" directory entry, which some zip tools emit: skipped
 
 
 def _write_entries(
@@ -131,6 +128,8 @@ def _write_entries(
     root = os.path.realpath(dest)
     total = 0
     for info, parts in plan:
+        if not parts:
+            continue
         target = os.path.join(root, *parts)
         # Backstop for the name checks: the final path must stay inside dest even if a
         # directory on the way is (somehow) a symlink.
@@ -144,14 +143,10 @@ def _write_entries(
             os.makedirs(os.path.dirname(target), mode=0o755, exist_ok=True)
             total += _write_file(zf, info, target, max_uncompressed - total, max_uncompressed)
         except (FileExistsError, IsADirectoryError, NotADirectoryError) as exc:
-            raise CodePackageError(
-                f"entry {info.filename!r} collides with another entry ({exc.strerror})"
-            ) from exc
+            raise CodePackageError(f"entry {info.filename!r} collides with another entry ({exc.strerror})") from exc
 
 
-def _write_file(
-    zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: str, budget: int, max_uncompressed: int
-) -> int:
+def _write_file(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: str, budget: int, max_uncompressed: int) -> int:
     """Inflate one entry, counting the bytes really produced; return that count.
 
     zipfile trusts the declared size and silently stops there, which would hide a lying
@@ -169,13 +164,10 @@ def _write_file(
                 written += len(chunk)
                 if written > info.file_size:
                     raise CodePackageError(
-                        f"entry {info.filename!r} inflates past its declared size of "
-                        f"{info.file_size} bytes (zip bomb?)"
+                        f"entry {info.filename!r} inflates past its declared size of {info.file_size} bytes (zip bomb?)"
                     )
                 if written > budget:
-                    raise CodePackageError(
-                        f"code package inflates to more than the limit of {max_uncompressed} bytes"
-                    )
+                    raise CodePackageError(f"code package inflates to more than the limit of {max_uncompressed} bytes")
                 dst.write(chunk)
     except (zipfile.BadZipFile, EOFError, zlib.error) as exc:
         raise CodePackageError(f"entry {info.filename!r} is corrupt: {exc}") from exc

@@ -125,9 +125,7 @@ class HttpRuntime:
                 status = response.status
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
         except TimeoutError:
-            error = InvocationError(
-                ErrorCategory.TIMEOUT, f"function invocation timed out after {timeout:g} s"
-            )
+            error = InvocationError(ErrorCategory.TIMEOUT, f"function invocation timed out after {timeout:g} s")
             return self._result(spec, request, started, b"", error)
         except aiohttp.ClientError as exc:
             error = InvocationError(

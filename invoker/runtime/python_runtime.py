@@ -16,6 +16,15 @@ Limits enforced per invocation: the timeout (cold start included; the worker's w
 process group is SIGKILLed when it passes), memory (VmRSS polled every 50 ms plus the
 worker's own per-invocation peak, with RLIMIT_AS in the worker as a backstop), result
 size, and log size (the last ``log_limit_bytes`` of output are kept).
+
+Logs: the worker does not buffer output; print/logger/C-level/subprocess writes reach
+its stdout/stderr pipes at once and are drained here continuously (a full pipe would
+block the child) into the current request's bounded buffer, split at end-of-request
+markers. So a killed request keeps every line it wrote. ``duration_ms`` runs from
+getting a worker to the result, cold start included, like the timeout.
+
+Known limit: a process that user code moves out of the worker's process group (setsid)
+survives the group kill; only a container/cgroup boundary would catch that.
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ from invoker.runtime.base import (
     InvocationResult,
 )
 from invoker.runtime.context import alias_from_urn, iso_timestamp, worker_env
+from invoker.runtime.invoke_log import finish_line, start_line
 
 __all__ = ["PythonRuntime"]
 
@@ -440,7 +450,13 @@ class PythonRuntime:
             body, error, duration_ms, memory_mb = await self._invoke(spec, request, inv, log)
         except _Abort as abort:
             error = abort.error
-        except Exception as exc:  # our bug: still answer with a result, never raise
+        except BaseException as exc:
+            # The caller canceled this coroutine (or we have a bug) mid-invocation: the
+            # worker's state is unknown, so it must not go back to the pool.
+            if inv.worker is not None and inv.worker.busy:
+                self._remove(inv.worker, "abandoned")
+            if not isinstance(exc, Exception):
+                raise
             error = InvocationError(ErrorCategory.SYSTEM_ERROR, f"python runtime failure: {exc!r}")
         finally:
             if self._running.get(request.request_id) is inv:
@@ -597,17 +613,13 @@ class PythonRuntime:
         try:
             while True:
                 if inv.canceled.done():
-                    return await self._fail(
-                        worker, "canceled", ErrorCategory.CANCELED, "function invocation canceled"
-                    )
+                    return await self._fail(worker, "canceled", ErrorCategory.CANCELED, "function invocation canceled")
                 if task.done():
                     if task.exception() is None:
                         return task.result()
                     return await self._lost(worker, f"worker protocol error: {task.exception()!r}")
                 if self._closed:
-                    return await self._fail(
-                        worker, "closed", ErrorCategory.SYSTEM_ERROR, "python runtime closed"
-                    )
+                    return await self._fail(worker, "closed", ErrorCategory.SYSTEM_ERROR, "python runtime closed")
                 now = time.monotonic()
                 if now >= deadline:
                     msg = f"function invocation timed out after {_fmt_seconds(timeout_s)} s"
@@ -633,9 +645,7 @@ class PythonRuntime:
             if not task.done():
                 task.cancel()
 
-    async def _send_recv(
-        self, worker: _Worker, header: dict[str, Any], body: bytes
-    ) -> tuple[dict[str, Any], bytes]:
+    async def _send_recv(self, worker: _Worker, header: dict[str, Any], body: bytes) -> tuple[dict[str, Any], bytes]:
         assert worker.reader is not None and worker.writer is not None
         worker.send(header, body)
         await worker.writer.drain()
@@ -651,9 +661,7 @@ class PythonRuntime:
             raise ValueError(f"frame body of {body_len!r} bytes")
         return frame, await reader.readexactly(body_len) if body_len else b""
 
-    async def _fail(
-        self, worker: _Worker, reason: str, category: ErrorCategory, message: str
-    ) -> InvocationError:
+    async def _fail(self, worker: _Worker, reason: str, category: ErrorCategory, message: str) -> InvocationError:
         worker.kill(reason)
         self._remove(worker, reason)
         await worker.wait_drained(_DRAIN_WAIT_S)
@@ -868,12 +876,14 @@ class PythonRuntime:
 
     # -- logs -------------------------------------------------------------------------
 
-    def _frame_logs(
-        self, spec: FunctionSpec, result: InvocationResult, log: _LogBuffer, started: float
-    ) -> str:
-        """FunctionGraph's request log: Start line, output, error summary, Finish line."""
+    def _frame_logs(self, spec: FunctionSpec, result: InvocationResult, log: _LogBuffer, started: float) -> str:
+        """FunctionGraph's request log: Start line, output, error summary, Finish line.
+
+        The framing lines come from :mod:`invoke_log`, shared with the HTTP runtime, so
+        every runtime's logs parse the same way.
+        """
         rid = result.request_id
-        parts = [f"{iso_timestamp(started)} Start invoke request '{rid}', version: {spec.version}\n"]
+        parts = [start_line(rid, spec.version, started) + "\n"]
         text = log.text()
         if text:
             parts.append(text if text.endswith("\n") else text + "\n")
@@ -885,8 +895,5 @@ class PythonRuntime:
             if len(block) > _ERROR_LOG_LIMIT:
                 block = block[: _ERROR_LOG_LIMIT - 20] + "\n[... truncated ...]\n"
             parts.append(block)
-        parts.append(
-            f"{iso_timestamp()} Finish invoke request '{rid}', duration: {result.duration_ms:.3f}ms, "
-            f"billing duration: {result.billing_duration_ms}ms, memory used: {result.memory_used_mb:.3f}MB"
-        )
+        parts.append(finish_line(rid, result.duration_ms, result.memory_used_mb))
         return "".join(parts)

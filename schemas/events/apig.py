@@ -111,9 +111,7 @@ class ApigEvent(FGModel):
             query_map[name] = value
         return cls(
             body=base64.b64encode(body_bytes).decode("ascii"),
-            request_context=ApigRequestContext(
-                api_id=api_id, request_id=request_id, stage=stage, source_ip=source_ip
-            ),
+            request_context=ApigRequestContext(api_id=api_id, request_id=request_id, stage=stage, source_ip=source_ip),
             query_string_parameters=query_map,
             http_method=method.upper(),
             path_parameters=dict(path_params),
@@ -191,8 +189,7 @@ class APIGResponse(FGModel):
         if not isinstance(obj, Mapping):
             kind = _json_kind(obj)
             raise ValueError(
-                f"{prefix}: expected a JSON object with statusCode, headers, body and isBase64Encoded, "
-                f"got {kind}"
+                f"{prefix}: expected a JSON object with statusCode, headers, body and isBase64Encoded, got {kind}"
             )
         try:
             response = cls.model_validate(dict(obj))
@@ -202,9 +199,7 @@ class APIGResponse(FGModel):
             try:
                 base64.b64decode(response.body, validate=True)
             except (binascii.Error, ValueError):
-                raise ValueError(
-                    f"{prefix}: body is not valid Base64 although isBase64Encoded is true"
-                ) from None
+                raise ValueError(f"{prefix}: body is not valid Base64 although isBase64Encoded is true") from None
         return response
 
 

@@ -82,15 +82,10 @@ class KafkaEvent(FGModel):
         records = data["records"]
         top = data.get("instance_id")
         if top is None:
-            top = next(
-                (r["instance_id"] for r in records if isinstance(r, dict) and "instance_id" in r), None
-            )
+            top = next((r["instance_id"] for r in records if isinstance(r, dict) and "instance_id" in r), None)
         if top is None:
             raise ValueError("instance_id is required, top-level or inside the records")
-        filled = [
-            {**r, "instance_id": top} if isinstance(r, dict) and "instance_id" not in r else r
-            for r in records
-        ]
+        filled = [{**r, "instance_id": top} if isinstance(r, dict) and "instance_id" not in r else r for r in records]
         return {**data, "instance_id": top, "records": filled}
 
     @classmethod

@@ -98,9 +98,7 @@ class LTSEvent(FGModel):
         return _encode(normalised)
 
     @classmethod
-    def build(
-        cls, log_group_id: str, log_topic_id: str, owner: str, logs: Sequence[Mapping[str, Any]]
-    ) -> LTSEvent:
+    def build(cls, log_group_id: str, log_topic_id: str, owner: str, logs: Sequence[Mapping[str, Any]]) -> LTSEvent:
         """``logs`` are records like ``{"message", "time" (epoch ms), "host_name", "ip", "path",
         "log_uid", "line_no"}``; the payload is encoded in the template's key order."""
         payload = {

@@ -94,12 +94,8 @@ class OBSRecord(FGModel):
     event_time: str = Field(alias="eventTime")
     event_name: str = Field(alias="eventName")
     user_identity: OBSUserIdentity = Field(default_factory=OBSUserIdentity, alias="userIdentity")
-    request_parameters: OBSRequestParameters = Field(
-        default_factory=OBSRequestParameters, alias="requestParameters"
-    )
-    response_elements: OBSResponseElements = Field(
-        default_factory=OBSResponseElements, alias="responseElements"
-    )
+    request_parameters: OBSRequestParameters = Field(default_factory=OBSRequestParameters, alias="requestParameters")
+    response_elements: OBSResponseElements = Field(default_factory=OBSResponseElements, alias="responseElements")
     s3: OBSS3
 
     @model_validator(mode="before")
@@ -213,14 +209,10 @@ class OBSv3Record(FGModel):
 
     obs: OBSv3Info
     event_version: str = Field("3.0", alias="eventVersion")
-    response_elements: OBSv3ResponseElements = Field(
-        default_factory=OBSv3ResponseElements, alias="responseElements"
-    )
+    response_elements: OBSv3ResponseElements = Field(default_factory=OBSv3ResponseElements, alias="responseElements")
     event_source: str = Field("OBS", alias="eventSource")
     event_time: str = Field(alias="eventTime")
-    request_parameters: OBSRequestParameters = Field(
-        default_factory=OBSRequestParameters, alias="requestParameters"
-    )
+    request_parameters: OBSRequestParameters = Field(default_factory=OBSRequestParameters, alias="requestParameters")
     event_name: str = Field(alias="eventName")
     event_region: str = Field("", alias="eventRegion")
     user_identity: OBSv3Identity = Field(default_factory=OBSv3Identity, alias="userIdentity")

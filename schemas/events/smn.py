@@ -51,9 +51,7 @@ class SMNMessage(FGModel):
             try:
                 return json.loads(value)
             except ValueError:
-                raise ValueError(
-                    "message_attributes must be null, an object or a JSON object string"
-                ) from None
+                raise ValueError("message_attributes must be null, an object or a JSON object string") from None
         return value
 
 

@@ -27,9 +27,7 @@ class TimerEvent(FGModel):
     user_event: str = ""
 
     @classmethod
-    def build(
-        cls, trigger_name: str, fire_time_iso: str | datetime, user_event: str | None = None
-    ) -> TimerEvent:
+    def build(cls, trigger_name: str, fire_time_iso: str | datetime, user_event: str | None = None) -> TimerEvent:
         """The event a timer trigger named ``trigger_name`` sends when it fires at ``fire_time_iso``.
 
         A ``datetime`` must be timezone-aware; it is rendered with second precision and its offset.

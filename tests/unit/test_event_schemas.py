@@ -417,9 +417,7 @@ def test_dis_sequence_number_int_is_emitted_as_string() -> None:
 
 def test_kafka_build_emits_instance_id_in_both_places() -> None:
     messages = [f"kafka message{i}" for i in range(1, 6)]
-    built = KafkaEvent.build(
-        "{region}", "81335d56-b9fe-4679-ba95-7030949cc76b", [("topic-test", messages)], 1576737962
-    )
+    built = KafkaEvent.build("{region}", "81335d56-b9fe-4679-ba95-7030949cc76b", [("topic-test", messages)], 1576737962)
     assert_json_equal(built.dump(), golden("kafka_otc_as_hw"))
     assert_json_equal(
         KafkaEvent.build(
@@ -466,9 +464,7 @@ def test_opensource_kafka_trigger_type_is_emitted_as_kafka() -> None:
 
 def test_rabbitmq_build_and_leniency() -> None:
     messages = [f"rabbitmq message{i}" for i in range(1, 6)]
-    built = RabbitMQEvent.build(
-        "region", "81335d56-b9fe-4679-ba95-7030949cc76b", "topic", messages, 1576737962
-    )
+    built = RabbitMQEvent.build("region", "81335d56-b9fe-4679-ba95-7030949cc76b", "topic", messages, 1576737962)
     assert_json_equal(built.dump(), golden("rabbitmq_otc"))
     sample = golden("rabbitmq_otc")
     sample["event_time"] = "1576737962"
@@ -478,9 +474,7 @@ def test_rabbitmq_build_and_leniency() -> None:
 
 def test_rocketmq_build_matches_sample() -> None:
     messages = [f"rocketmq message{i}" for i in range(1, 6)]
-    built = RocketMQEvent.build(
-        "region", "4140112c-85fc-40b8-bf7f-1ced2691a0a6", [("topic", messages)], 1714040037
-    )
+    built = RocketMQEvent.build("region", "4140112c-85fc-40b8-bf7f-1ced2691a0a6", [("topic", messages)], 1714040037)
     assert_json_equal(built.dump(), golden("rocketmq_otc"))
 
 
@@ -581,16 +575,12 @@ def test_gaussmongo_input_leniency() -> None:
 
 def test_lts_decoded_payloads() -> None:
     assert_json_equal(LTSEvent.model_validate(golden("lts_hw")).decoded().dump(), golden("lts_hw_decoded"))
-    assert_json_equal(
-        LTSEvent.model_validate(golden("lts_otc")).decoded().dump(), golden("lts_otc_decoded_as_hw")
-    )
+    assert_json_equal(LTSEvent.model_validate(golden("lts_otc")).decoded().dump(), golden("lts_otc_decoded_as_hw"))
 
 
 def test_lts_build_and_base64_round_trip() -> None:
     payload = golden("lts_otc_decoded_as_hw")
-    built = LTSEvent.build(
-        payload["log_group_id"], payload["log_topic_id"], payload["owner"], payload["logs"]
-    )
+    built = LTSEvent.build(payload["log_group_id"], payload["log_topic_id"], payload["owner"], payload["logs"])
     assert_json_equal(built.dump(), golden("lts_otc_as_hw"))
     assert_json_equal(built.decoded().dump(), payload)
     encoded = LTSEvent.encode(golden("lts_otc_decoded"))  # logs as a string -> array

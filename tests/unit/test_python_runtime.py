@@ -92,8 +92,13 @@ async def assert_closes_cleanly(rt: PythonRuntime) -> None:
     pids = rt.worker_pids()
     await rt.close()
     assert rt.worker_pids() == []
-    for pid in pids:  # reaped: not even a zombie entry is left
-        assert not os.path.exists(f"/proc/{pid}"), f"worker {pid} still exists after close()"
+    leftovers = [pid for pid in pids if _process_exists(pid)]
+    assert leftovers == [], f"workers {leftovers} still exist after close()"
+
+
+def _process_exists(pid: int) -> bool:
+    """True while /proc has the pid, zombies included (a reaped process has no entry)."""
+    return os.path.exists(f"/proc/{pid}")
 
 
 def req(request_id: str, event: object = None, *, timeout_s: float | None = None) -> InvocationRequest:
@@ -254,6 +259,12 @@ async def test_logs_framed_like_functiongraph(runtime: PythonRuntime, make_fn: M
     assert "\x00" not in result.logs  # end-of-request markers are stripped
 
 
+async def test_cold_start_output_goes_to_the_first_request(runtime: PythonRuntime, make_fn: MakeFn) -> None:
+    spec = make_fn("print('module loaded')\ndef handler(event, context):\n    print('handled')\n")
+    result = await runtime.invoke(spec, req("req-cold"))
+    assert log_lines(result)[1:3] == ["module loaded", "handled"]
+
+
 async def test_logs_do_not_leak_between_requests(runtime: PythonRuntime, make_fn: MakeFn) -> None:
     spec = make_fn("def handler(event, context):\n    print('line for', context.getRequestID())\n")
     first = await runtime.invoke(spec, req("req-a"))
@@ -325,9 +336,7 @@ async def test_load_failed(
     assert runtime.worker_pids(spec.urn) == []  # a worker that failed to load is not kept
 
 
-async def test_timeout_kills_worker_and_parent_stays_responsive(
-    runtime: PythonRuntime, make_fn: MakeFn
-) -> None:
+async def test_timeout_kills_worker_and_parent_stays_responsive(runtime: PythonRuntime, make_fn: MakeFn) -> None:
     spinner = make_fn("def handler(event, context):\n    print('spinning')\n    while True:\n        pass\n")
     quick = make_fn("def handler(event, context):\n    return 'quick'\n")
     spin_task = asyncio.create_task(runtime.invoke(spinner, req("req-spin", timeout_s=3)))
@@ -506,9 +515,7 @@ async def test_cancel(runtime: PythonRuntime, make_fn: MakeFn) -> None:
     assert await runtime.cancel("no-such-request") is False
 
 
-async def test_worker_env_is_clean(
-    runtime: PythonRuntime, make_fn: MakeFn, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_worker_env_is_clean(runtime: PythonRuntime, make_fn: MakeFn, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRIGGERBUS_TOKEN", "parent-secret")
     src = "import os, sys\ndef handler(event, context):\n    return {'env': dict(os.environ), 'path': sys.path}\n"
     spec = make_fn(src, user_data={"k": "v"}, memory_mb=256, timeout_s=7)
@@ -547,7 +554,12 @@ def _patch_first_entry(data: bytes, *, local_offset: int, central_offset: int, f
 
 
 def test_extract_zip_ok(tmp_path: Path) -> None:
-    data = build_zip({"index.py": "def handler(e, c):\n    return 1\n", "lib/util.py": "X = 1\n"})
+    files: dict[str, str | bytes] = {
+        "./": "",  # some zip tools emit an entry for the root itself
+        "index.py": "def handler(e, c):\n    return 1\n",
+        "lib/util.py": "X = 1\n",
+    }
+    data = build_zip(files)
     extract_zip(data, tmp_path / "code")
     assert (tmp_path / "code" / "index.py").read_text().startswith("def handler")
     assert (tmp_path / "code" / "lib" / "util.py").read_text() == "X = 1\n"
@@ -629,9 +641,62 @@ def test_inline_to_zip_is_deterministic_and_loadable(tmp_path: Path) -> None:
 def test_check_handler_errors(tmp_path: Path) -> None:
     extract_zip(build_zip({"index.py": "", "pkg/__init__.py": ""}), tmp_path / "code")
     check_handler(tmp_path / "code", "pkg.handler")
-    with pytest.raises(CodePackageError, match="not of the form module.function"):
+    with pytest.raises(CodePackageError, match=r"not of the form module\.function"):
         check_handler(tmp_path / "code", "handler")
-    with pytest.raises(CodePackageError, match="not of the form module.function"):
+    with pytest.raises(CodePackageError, match=r"not of the form module\.function"):
         check_handler(tmp_path / "code", "index.handler-1")
     with pytest.raises(CodePackageError, match=r"main\.py .* not found"):
         check_handler(tmp_path / "code", "main.handler")
+
+
+async def test_caller_cancellation_does_not_leak_the_worker(runtime: PythonRuntime, make_fn: MakeFn) -> None:
+    spec = make_fn("import os, time\ndef handler(event, context):\n    time.sleep(event)\n    return os.getpid()\n")
+    task = asyncio.create_task(runtime.invoke(spec, req("req-abandoned", 30, timeout_s=60)))
+    await asyncio.sleep(0.5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert runtime.worker_pids(spec.urn) == []
+    result = await runtime.invoke(spec, req("req-after-abandon", 0))
+    assert result.ok, result.error
+
+
+async def test_cancel_while_waiting_for_a_worker(make_fn: MakeFn) -> None:
+    rt = PythonRuntime(max_workers=1)
+    try:
+        busy = make_fn("import time\ndef handler(event, context):\n    time.sleep(1)\n    return 'busy'\n")
+        queued = make_fn(PID_SRC)
+        running = asyncio.create_task(rt.invoke(busy, req("req-busy")))
+        await asyncio.sleep(0.3)
+        waiting = asyncio.create_task(rt.invoke(queued, req("req-queued")))
+        await asyncio.sleep(0.1)
+        assert not waiting.done()
+        assert await rt.cancel("req-queued") is True
+        result = await waiting
+        assert result.error is not None and result.error.category is ErrorCategory.CANCELED
+        assert not running.done()
+        assert body(await running) == "busy"
+    finally:
+        await assert_closes_cleanly(rt)
+
+
+async def test_large_event_and_result_pass_through(runtime: PythonRuntime, make_fn: MakeFn) -> None:
+    spec = make_fn("def handler(event, context):\n    return {'len': len(event['blob']), 'back': event['blob']}\n")
+    blob = "y" * (5 * 1024 * 1024)
+    result = await runtime.invoke(spec, req("req-large", {"blob": blob}))
+    assert result.ok, result.error
+    got = body(result)
+    assert isinstance(got, dict)
+    assert got["len"] == len(blob) and got["back"] == blob
+
+
+async def test_close_fails_running_invocations_cleanly(make_fn: MakeFn) -> None:
+    rt = PythonRuntime()
+    spec = make_fn("import time\ndef handler(event, context):\n    time.sleep(30)\n")
+    task = asyncio.create_task(rt.invoke(spec, req("req-closing", timeout_s=60)))
+    await asyncio.sleep(0.5)
+    await assert_closes_cleanly(rt)
+    result = await task
+    assert result.error is not None and result.error.category is ErrorCategory.SYSTEM_ERROR
+    after = await rt.invoke(spec, req("req-after-close"))
+    assert after.error is not None and after.error.category is ErrorCategory.SYSTEM_ERROR

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -36,8 +37,8 @@ def fires(schedule: Schedule, start: datetime, count: int) -> list[str]:
     return [format_fire_time(dt) for dt, _ in schedule.preview(count, start)]
 
 
-def cst(*args: int) -> datetime:
-    return datetime(*args, tzinfo=SHANGHAI)  # type: ignore[misc]
+def cst(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, second, tzinfo=SHANGHAI)
 
 
 # --------------------------------------------------------------------------- doc table 6-20
@@ -335,7 +336,7 @@ class TestRate:
         got = s.preview(4, anchor)
         assert [note for _, note in got] == [NOTE_NONE] * 4
         instants = [dt.astimezone(UTC) for dt, _ in got]
-        assert all(b - a == timedelta(hours=1) for a, b in zip(instants, instants[1:], strict=False))
+        assert all(b - a == timedelta(hours=1) for a, b in pairwise(instants))
         assert [format_fire_time(dt) for dt, _ in got] == [
             "2026-03-29T01:30:00+01:00",
             "2026-03-29T03:30:00+02:00",
@@ -558,13 +559,9 @@ class TestDst:
             ("2026-03-30T02:30:00+02:00", NOTE_NONE),
             ("2026-03-31T02:30:00+02:00", NOTE_NONE),
         ]
-        assert s.next_after(datetime(2026, 3, 29, 0, 59, 59, tzinfo=UTC)) == datetime(
-            2026, 3, 29, 1, 0, tzinfo=UTC
-        )
+        assert s.next_after(datetime(2026, 3, 29, 0, 59, 59, tzinfo=UTC)) == datetime(2026, 3, 29, 1, 0, tzinfo=UTC)
         # Once fired at the gap end, the gap is not fired again.
-        assert s.next_after(datetime(2026, 3, 29, 3, 0, tzinfo=BERLIN)) == datetime(
-            2026, 3, 30, 2, 30, tzinfo=BERLIN
-        )
+        assert s.next_after(datetime(2026, 3, 29, 3, 0, tzinfo=BERLIN)) == datetime(2026, 3, 30, 2, 30, tzinfo=BERLIN)
 
     def test_berlin_fall_back_fixed_time_fires_once(self) -> None:
         s = cron("CRON_TZ=Europe/Berlin 0 30 2 * * *")
@@ -622,7 +619,7 @@ class TestDst:
         walls = [dt.strftime("%H:%M") for dt, _ in got]
         assert walls == ["01:45", "03:00", "03:15", "03:30"]
         instants = [start.astimezone(UTC)] + [dt.astimezone(UTC) for dt, _ in got]
-        assert all(b - a == timedelta(minutes=15) for a, b in zip(instants, instants[1:], strict=False))
+        assert all(b - a == timedelta(minutes=15) for a, b in pairwise(instants))
 
     def test_berlin_interval_like_fall_back_fires_both_occurrences(self) -> None:
         s = cron("CRON_TZ=Europe/Berlin 0 */15 * * * *")

@@ -116,20 +116,12 @@ def test_unknown_keys_are_kept_and_unset_options_omitted() -> None:
 
 
 def test_wrong_types_are_rejected_not_coerced() -> None:
-    assert (
-        rejected("KAFKA", batch_size="100")
-        == "event_data.batch_size: Input should be a valid integer (got '100')"
-    )
-    assert (
-        rejected("KAFKA", batch_size=True)
-        == "event_data.batch_size: Input should be a valid integer (got True)"
-    )
+    assert rejected("KAFKA", batch_size="100") == "event_data.batch_size: Input should be a valid integer (got '100')"
+    assert rejected("KAFKA", batch_size=True) == "event_data.batch_size: Input should be a valid integer (got True)"
     assert rejected("KAFKA", kafka_ssl_enable="true") == (
         "event_data.kafka_ssl_enable: Input should be a valid boolean (got 'true')"
     )
-    assert (
-        rejected("LTS", log_group_id=5) == "event_data.log_group_id: Input should be a valid string (got 5)"
-    )
+    assert rejected("LTS", log_group_id=5) == "event_data.log_group_id: Input should be a valid string (got 5)"
 
 
 # ---------------------------------------------------------------------------- TIMER
@@ -162,8 +154,7 @@ def test_timer_rules() -> None:
     assert ok("TIMER", schedule="@every 1h30m")["schedule"] == "@every 1h30m"
     assert without("TIMER", "schedule") == "event_data.schedule: is required"
     assert error("TIMER", {}) == (
-        "event_data.name: is required; event_data.schedule_type: is required; "
-        "event_data.schedule: is required"
+        "event_data.name: is required; event_data.schedule_type: is required; event_data.schedule: is required"
     )
     assert ok("TIMER", user_event="x" * 4096)["user_event"] == "x" * 4096
     assert rejected("TIMER", user_event="x" * 4097).startswith(
@@ -250,23 +241,15 @@ def test_apig_enumerations() -> None:
         "event_data.req_method: Input should be 'GET', 'POST', 'PUT', 'DELETE', 'HEAD', 'PATCH', "
         "'OPTIONS' or 'ANY' (got 'TRACE')"
     )
-    assert (
-        rejected("APIG", protocol="FTP")
-        == "event_data.protocol: Input should be 'HTTP' or 'HTTPS' (got 'FTP')"
-    )
-    assert rejected("APIG", auth="OAUTH") == (
-        "event_data.auth: Input should be 'IAM', 'APP' or 'NONE' (got 'OAUTH')"
-    )
+    assert rejected("APIG", protocol="FTP") == "event_data.protocol: Input should be 'HTTP' or 'HTTPS' (got 'FTP')"
+    assert rejected("APIG", auth="OAUTH") == ("event_data.auth: Input should be 'IAM', 'APP' or 'NONE' (got 'OAUTH')")
     assert rejected("APIG", match_mode="PREFIX") == (
         "event_data.match_mode: Input should be 'SWA' or 'NORMAL' (got 'PREFIX')"
     )
     assert ok("APIG", type=2)["type"] == 2
     assert rejected("APIG", type=3) == "event_data.type: Input should be 1 or 2 (got 3)"
     assert rejected("APIG", type=True) == "event_data.type: must be an integer, not a boolean (got True)"
-    assert (
-        ok("APIG", func_info={"timeout": 1, "invocation_type": "ASYNC"})["func_info"]["invocation_type"]
-        == "async"
-    )
+    assert ok("APIG", func_info={"timeout": 1, "invocation_type": "ASYNC"})["func_info"]["invocation_type"] == "async"
     assert rejected("APIG", func_info={"timeout": 1, "invocation_type": "later"}) == (
         "event_data.func_info.invocation_type: Input should be 'sync' or 'async' (got 'later')"
     )
@@ -274,10 +257,7 @@ def test_apig_enumerations() -> None:
 
 def test_apig_path_and_response_only_fields() -> None:
     assert rejected("APIG", path="test") == "event_data.path: must start with '/' (got 'test')"
-    assert (
-        rejected("APIG", path="/a b")
-        == "event_data.path: must not contain whitespace, '?' or '#' (got '/a b')"
-    )
+    assert rejected("APIG", path="/a b") == "event_data.path: must not contain whitespace, '?' or '#' (got '/a b')"
     assert without("APIG", "path") == "event_data.path: is required"
     echoed = ok("APIG", triggerid="t", api_id="a", api_name="n", invoke_url="https://x/test", roma_app_id="r")
     assert echoed["invoke_url"] == "https://x/test"
@@ -299,10 +279,7 @@ def test_cts_operations() -> None:
         "event_data.operations: must list at least one 'Service:resourceType:operation' entry"
     )
     for bad in ("ECS", "ECS:ecs", "ECS:ecs:", "ECS::op", "ECS:a;;b:op", "ECS:ecs:op:extra", "ECS:e cs:op"):
-        assert (
-            rejected("CTS", operations=[ops[0], bad])
-            == f"event_data.operations[1]: {OPERATION_RULE} (got {bad!r})"
-        )
+        assert rejected("CTS", operations=[ops[0], bad]) == f"event_data.operations[1]: {OPERATION_RULE} (got {bad!r})"
     assert rejected("CTS", operations="ECS:ecs:op") == (
         "event_data.operations: Input should be a valid list (got 'ECS:ecs:op')"
     )
@@ -318,10 +295,7 @@ def test_mongo_required_and_batch_size(kind: str) -> None:
         assert without(kind, key) == f"event_data.{key}: is required"
     assert ok(kind, batch_size=1)["batch_size"] == 1
     assert ok(kind, batch_size=10000)["batch_size"] == 10000
-    assert (
-        rejected(kind, batch_size=0)
-        == "event_data.batch_size: Input should be greater than or equal to 1 (got 0)"
-    )
+    assert rejected(kind, batch_size=0) == "event_data.batch_size: Input should be greater than or equal to 1 (got 0)"
     assert rejected(kind, batch_size=10001) == (
         "event_data.batch_size: Input should be less than or equal to 10000 (got 10001)"
     )
@@ -331,19 +305,16 @@ def test_mongo_required_and_batch_size(kind: str) -> None:
 @pytest.mark.parametrize("db", ["admin", "local", "config", "Admin"])
 def test_mongo_reserved_databases(kind: str, db: str) -> None:
     assert rejected(kind, db_name=db) == (
-        f"event_data.db_name: database {db!r} is reserved (admin, local and config cannot be used) "
-        f"(got {db!r})"
+        f"event_data.db_name: database {db!r} is reserved (admin, local and config cannot be used) (got {db!r})"
     )
 
 
 def test_mongo_names_and_connection_uri() -> None:
     assert rejected("DDS", db_name="a.b") == (
-        "event_data.db_name: database name must be at most 63 bytes without "
-        "/\\. \"$*<>:|? characters (got 'a.b')"
+        "event_data.db_name: database name must be at most 63 bytes without /\\. \"$*<>:|? characters (got 'a.b')"
     )
     assert rejected("DDS", collection_name="system.users") == (
-        "event_data.collection_name: collection name must not contain '$' or start with 'system.' "
-        "(got 'system.users')"
+        "event_data.collection_name: collection name must not contain '$' or start with 'system.' (got 'system.users')"
     )
     uri = "mongodb://rwuser:pw@192.168.0.5:8635/?authSource=admin&replicaSet=replica"
     assert ok("DDS", connection_uri=uri, db_user="rwuser", db_password="pw")["connection_uri"] == uri
@@ -364,9 +335,7 @@ def test_dis_required_and_enumerations() -> None:
     assert rejected("DIS", sharditerator_type="AT_SEQUENCE_NUMBER") == (
         "event_data.sharditerator_type: Input should be 'TRIM_HORIZON' or 'LATEST' (got 'AT_SEQUENCE_NUMBER')"
     )
-    assert (
-        rejected("DIS", polling_unit="m") == "event_data.polling_unit: Input should be 's' or 'ms' (got 'm')"
-    )
+    assert rejected("DIS", polling_unit="m") == "event_data.polling_unit: Input should be 's' or 'ms' (got 'm')"
     assert ok("DIS", polling_interval=1)["polling_interval"] == 1
     assert rejected("DIS", polling_interval=0) == (
         "event_data.polling_interval: Input should be greater than 0 (got 0)"
@@ -376,10 +345,7 @@ def test_dis_required_and_enumerations() -> None:
 def test_dis_ranges() -> None:
     assert ok("DIS", batch_size=1)["batch_size"] == 1
     assert ok("DIS", batch_size=10000)["batch_size"] == 10000
-    assert (
-        rejected("DIS", batch_size=0)
-        == "event_data.batch_size: Input should be greater than or equal to 1 (got 0)"
-    )
+    assert rejected("DIS", batch_size=0) == "event_data.batch_size: Input should be greater than or equal to 1 (got 0)"
     assert rejected("DIS", batch_size=10001) == (
         "event_data.batch_size: Input should be less than or equal to 10000 (got 10001)"
     )
@@ -393,18 +359,13 @@ def test_dis_ranges() -> None:
     )
 
 
-@pytest.mark.parametrize(
-    ("given", "stored"), [("true", True), ("false", False), ("TRUE", True), (True, True)]
-)
+@pytest.mark.parametrize(("given", "stored"), [("true", True), ("false", False), ("TRUE", True), (True, True)])
 def test_dis_is_serial_accepts_strings(given: object, stored: bool) -> None:
     assert ok("DIS", is_serial=given)["is_serial"] is stored
 
 
 def test_dis_is_serial_rejects_other_strings() -> None:
-    assert (
-        rejected("DIS", is_serial="yes")
-        == "event_data.is_serial: Input should be a valid boolean (got 'yes')"
-    )
+    assert rejected("DIS", is_serial="yes") == "event_data.is_serial: Input should be a valid boolean (got 'yes')"
 
 
 # ---------------------------------------------------------------------------- KAFKA / OPENSOURCEKAFKA
@@ -415,10 +376,7 @@ def test_kafka_batch_size(kind: str) -> None:
     assert ok(kind)["batch_size"] == 100
     assert ok(kind, batch_size=1)["batch_size"] == 1
     assert ok(kind, batch_size=1000)["batch_size"] == 1000
-    assert (
-        rejected(kind, batch_size=0)
-        == "event_data.batch_size: Input should be greater than or equal to 1 (got 0)"
-    )
+    assert rejected(kind, batch_size=0) == "event_data.batch_size: Input should be greater than or equal to 1 (got 0)"
     assert rejected(kind, batch_size=1001) == (
         "event_data.batch_size: Input should be less than or equal to 1000 (got 1001)"
     )
@@ -480,9 +438,7 @@ def test_opensource_kafka_addresses_rejected(address: str, problem: str) -> None
 
 
 def test_opensource_kafka_address_required() -> None:
-    assert (
-        without("OPENSOURCEKAFKA", "kafka_connect_address") == "event_data.kafka_connect_address: is required"
-    )
+    assert without("OPENSOURCEKAFKA", "kafka_connect_address") == "event_data.kafka_connect_address: is required"
 
 
 # ---------------------------------------------------------------------------- RABBITMQ / ROCKETMQ / DMS
@@ -500,10 +456,7 @@ def test_rabbitmq_rules() -> None:
         "event_data.batch_size: Input should be greater than or equal to 1 (got 0)"
     )
     assert ok("RABBITMQ", connect_address="192.168.0.7:5672", vhost="/", ssl_enable=False)["vhost"] == "/"
-    assert (
-        rejected("RABBITMQ", ssl_enable="no")
-        == "event_data.ssl_enable: Input should be a valid boolean (got 'no')"
-    )
+    assert rejected("RABBITMQ", ssl_enable="no") == "event_data.ssl_enable: Input should be a valid boolean (got 'no')"
 
 
 def test_rocketmq_rules() -> None:
@@ -521,10 +474,7 @@ def test_rocketmq_rules() -> None:
 def test_dms_rules() -> None:
     assert ok("DMS")["polling_interval"] == 30
     assert without("DMS", "queue_id") == "event_data.queue_id: is required"
-    assert (
-        rejected("DMS", polling_interval=0)
-        == "event_data.polling_interval: Input should be greater than 0 (got 0)"
-    )
+    assert rejected("DMS", polling_interval=0) == "event_data.polling_interval: Input should be greater than 0 (got 0)"
 
 
 # ---------------------------------------------------------------------------- LTS / OBS / SMN / EG / IOTDA
@@ -534,8 +484,7 @@ def test_lts_rules() -> None:
     assert without("LTS", "log_group_id") == "event_data.log_group_id: is required"
     assert without("LTS", "log_topic_id") == "event_data.log_topic_id: is required"
     assert (
-        rejected("LTS", log_topic_id="")
-        == "event_data.log_topic_id: String should have at least 1 character (got '')"
+        rejected("LTS", log_topic_id="") == "event_data.log_topic_id: String should have at least 1 character (got '')"
     )
 
 
