@@ -458,9 +458,8 @@ def invoke(ctx: click.Context, function: str, data: str, asynchronous: bool, sho
         f"memory {summary.get('memoryUsed', '?')} MB"
     )
     if show_log and resp.headers.get("X-Cff-Function-Log"):
-        err_console.print(
-            base64.b64decode(resp.headers["X-Cff-Function-Log"]).decode(errors="replace"), highlight=False
-        )
+        log_text = base64.b64decode(resp.headers["X-Cff-Function-Log"]).decode(errors="replace")
+        err_console.print(log_text, highlight=False, markup=False, soft_wrap=True)
     if failed:
         sys.exit(1)
 
@@ -588,7 +587,7 @@ def records_show(ctx: click.Context, function: str, request_id: str) -> None:
     console.print_json(data=data)
     for attempt, log_text in zip(attempts, logs, strict=True):
         console.rule(f"attempt {attempt['n']}: {attempt['status']} {attempt['error_message']}")
-        console.print(log_text, highlight=False, markup=False)
+        console.print(log_text, highlight=False, markup=False, soft_wrap=True)
 
 
 if __name__ == "__main__":
