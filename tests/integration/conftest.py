@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import socket
@@ -95,13 +96,20 @@ class Harness:
             await asyncio.sleep(0.05)
 
 
+@contextlib.asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[Harness]:
+    """A started server and an authenticated HTTP session to it."""
+    async with (
+        Server(settings) as server,
+        aiohttp.ClientSession(base_url=settings.base_url(), headers={"X-Auth-Token": TOKEN}) as http,
+    ):
+        yield Harness(server, http)
+
+
 @pytest.fixture
 async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
-    server = Server(make_settings(tmp_path / "data"))
-    await server.start()
-    async with aiohttp.ClientSession(base_url=server.settings.base_url(), headers={"X-Auth-Token": TOKEN}) as http:
-        yield Harness(server, http)
-    await server.close()
+    async with running(make_settings(tmp_path / "data")) as h:
+        yield h
 
 
 @dataclass

@@ -172,7 +172,7 @@ async def test_bad_urn_and_project(harness: Harness) -> None:
     async with harness.http.get(harness.fgs("/functions/not-a-urn/config")) as resp:
         assert resp.status == 400
         assert "invalid function urn" in (await resp.json())["error_msg"]
-    other = f"urn:fss:local:otherproj:function:default:x:latest"
+    other = "urn:fss:local:otherproj:function:default:x:latest"
     async with harness.http.get(harness.fgs(f"/functions/{other}/config")) as resp:
         assert resp.status == 400
         assert "does not belong to project" in (await resp.json())["error_msg"]

@@ -7,12 +7,10 @@ import json
 import time
 from pathlib import Path
 
-import aiohttp
 import boto3
 import pytest
 
-from tests.integration.conftest import TOKEN, Harness, S3Server, make_settings
-from triggerbus.server import Server
+from tests.integration.conftest import Harness, S3Server, make_settings, running
 
 pytestmark = pytest.mark.integration
 
@@ -162,25 +160,23 @@ async def test_obs_destination_writes_an_object_through_the_s3_api(tmp_path: Pat
         obs_access_key=s3_server.access_key,
         obs_secret_key=s3_server.secret_key,
     )
-    async with Server(settings) as server:
-        async with aiohttp.ClientSession(base_url=settings.base_url(), headers={"X-Auth-Token": TOKEN}) as http:
-            harness = Harness(server, http)
-            urn = await harness.create_function("obsok", OK)
-            obs = {
-                "destination": "OBS",
-                "param": json.dumps({"bucket": "fg-results", "prefix": "success/", "expires": 5}),
-            }
-            status, body = await put_config(harness, urn, {"destination_config": {"on_success": obs}})
-            assert status == 200, body
-            rid = await harness.invoke_async(urn, {"file": "a.png"})
-            deadline = time.monotonic() + 20
-            while True:
-                record = await harness.record(urn, rid)
-                if record["destination"].get("status") == "delivered":
-                    break
-                assert time.monotonic() < deadline, record
-                await asyncio.sleep(0.1)
-            assert record["destination"]["location"] == f"obs://fg-results/success/{rid}.json"
+    async with running(settings) as harness:
+        urn = await harness.create_function("obsok", OK)
+        obs = {
+            "destination": "OBS",
+            "param": json.dumps({"bucket": "fg-results", "prefix": "success/", "expires": 5}),
+        }
+        status, body = await put_config(harness, urn, {"destination_config": {"on_success": obs}})
+        assert status == 200, body
+        rid = await harness.invoke_async(urn, {"file": "a.png"})
+        deadline = time.monotonic() + 20
+        while True:
+            record = await harness.record(urn, rid)
+            if record["destination"].get("status") == "delivered":
+                break
+            assert time.monotonic() < deadline, record
+            await asyncio.sleep(0.1)
+        assert record["destination"]["location"] == f"obs://fg-results/success/{rid}.json"
     obj = s3.get_object(Bucket="fg-results", Key=f"success/{rid}.json")
     event = json.loads(obj["Body"].read())
     assert event["request_context"]["request_id"] == rid
@@ -199,24 +195,20 @@ async def test_obs_delivery_is_retried_until_the_bucket_exists(tmp_path: Path, s
     s3 = boto3.client(
         "s3", endpoint_url=s3_server.endpoint, aws_access_key_id="k", aws_secret_access_key="s", region_name="us-east-1"
     )
-    async with Server(settings) as server:
-        async with aiohttp.ClientSession(base_url=settings.base_url(), headers={"X-Auth-Token": TOKEN}) as http:
-            harness = Harness(server, http)
-            urn = await harness.create_function("obslate", FAIL)
-            obs = {"destination": "OBS", "param": json.dumps({"bucket": "late-bucket"})}
-            assert (
-                await put_config(
-                    harness, urn, {"max_async_retry_attempts": 0, "destination_config": {"on_failure": obs}}
-                )
-            )[0] == 200
-            rid = await harness.invoke_async(urn, {})
-            deadline = time.monotonic() + 20
-            while (await harness.record(urn, rid))["destination"].get("status") != "retrying":
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.05)
-            s3.create_bucket(Bucket="late-bucket")
-            while (await harness.record(urn, rid))["destination"].get("status") != "delivered":
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.1)
+    async with running(settings) as harness:
+        urn = await harness.create_function("obslate", FAIL)
+        obs = {"destination": "OBS", "param": json.dumps({"bucket": "late-bucket"})}
+        assert (
+            await put_config(harness, urn, {"max_async_retry_attempts": 0, "destination_config": {"on_failure": obs}})
+        )[0] == 200
+        rid = await harness.invoke_async(urn, {})
+        deadline = time.monotonic() + 20
+        while (await harness.record(urn, rid))["destination"].get("status") != "retrying":
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        s3.create_bucket(Bucket="late-bucket")
+        while (await harness.record(urn, rid))["destination"].get("status") != "delivered":
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
     body = json.loads(s3.get_object(Bucket="late-bucket", Key=f"{rid}.json")["Body"].read())
     assert body["request_context"]["condition"] == "UnhandledInvocationError"
