@@ -9,12 +9,13 @@ Guarantees and policies (see docs/timer.md):
   derived from (trigger, scheduled time), so the invoker also sees a replay as
   the same request.
 * **Restarts do not lose due fires.** ``last_fire``/``next_fire`` are persisted.
-  When a scheduler (re)gains the lease it applies the *misfire policy* to fires
-  that fell due while nobody was leading, within ``catchup_window``:
-  ``fire_once`` (default: one fire for the latest missed time), ``fire_all``
-  (each missed time, at most 100), or ``skip``. Misses older than the window are
-  skipped and counted. A fire that was claimed but never reached the bus (crash
-  in between) is re-enqueued on takeover.
+  A fire more than ``max(5 s, lease TTL)`` past its time counts as *missed*
+  (nobody was leading). On-time fires always fire; missed ones within
+  ``catchup_window`` follow the *misfire policy*: ``fire_once`` (default: one fire,
+  for the newest missed time), ``fire_all`` (each missed time, at most 100), or
+  ``skip``. Misses older than the window are skipped. Every skipped fire is
+  counted and logged. A fire that was claimed but never reached the bus (crash in
+  between) is re-enqueued on takeover.
 * **Disabling** forgets the schedule position: re-enabling fires from now on,
   it does not replay the disabled period.
 * DST handling is the schedule engine's (:mod:`connectors.schedule`).
@@ -80,6 +81,7 @@ class TimerConnector(Connector):
         self.lease_ttl = lease_ttl
         self.misfire_policy = misfire_policy
         self.catchup_window = catchup_window
+        self.misfire_threshold = max(5.0, lease_ttl)  # later than this, a fire counts as missed
         self._timers: dict[str, _Timer] = {}
         self._heap: list[tuple[float, int, str]] = []
         self._wakeup = asyncio.Event()
@@ -288,21 +290,20 @@ class TimerConnector(Connector):
         self._push(timer)
 
     def _apply_misfire_policy(self, timer: _Timer, due: list[datetime], now: float, skipped: int) -> list[datetime]:
-        """``due``: scheduled times in the catch-up window, <= now, oldest first."""
-        on_time_limit = max(5.0, self.lease_ttl)  # a fire this late is still "on time"
-        recoverable = [d for d in due if now - d.timestamp() > on_time_limit]
-        on_time = [d for d in due if now - d.timestamp() <= on_time_limit]
-        lost = skipped
-        if self.misfire_policy == "skip":
-            chosen = on_time
-            lost += len(recoverable)
-        elif self.misfire_policy == "fire_all":
-            chosen = (recoverable + on_time)[-_MAX_FIRE_ALL:]
-            lost += max(0, len(recoverable) + len(on_time) - _MAX_FIRE_ALL)
-        else:  # fire_once: the newest due time stands for every missed one
-            candidates = recoverable + on_time
-            chosen = candidates[-1:]
-            lost += max(0, len(candidates) - 1)
+        """Choose what to fire from ``due`` (scheduled times in the catch-up window, <= now).
+
+        A fire is *late* when it is more than ``misfire_threshold`` past its time (nobody was
+        leading then). On-time fires always fire; late ones follow the policy.
+        """
+        late = [d for d in due if now - d.timestamp() > self.misfire_threshold]
+        on_time = [d for d in due if now - d.timestamp() <= self.misfire_threshold]
+        if self.misfire_policy == "fire_all":
+            chosen_late = late[-_MAX_FIRE_ALL:]
+        elif self.misfire_policy == "fire_once":
+            chosen_late = late[-1:]  # the newest missed time stands for all of them
+        else:
+            chosen_late = []
+        lost = skipped + len(late) - len(chosen_late)
         if lost:
             timer.missed += lost
             log.warning(
@@ -311,7 +312,7 @@ class TimerConnector(Connector):
                 lost,
                 self.misfire_policy,
             )
-        return chosen
+        return chosen_late + on_time
 
     async def _enqueue(self, timer: _Timer, scheduled: datetime, request_id: str) -> None:
         data = timer.spec.event_data

@@ -100,10 +100,10 @@ class TriggerManager:
         except ValidationError as exc:
             raise validation_failed(exc) from None
         trigger_type = parse_trigger_type(req.trigger_type_code)
+        event_data = self._validated(trigger_type, req.event_data)  # config errors first, even for unserved types
         connector = self.connector_for(trigger_type.value)
         if fn.runtime == "http" and trigger_type.value not in ("APIG", "DEDICATEDGATEWAY", "APIC"):
             raise bad_request("HTTP functions can only have APIG/APIC triggers, as on FunctionGraph")
-        event_data = self._validated(trigger_type, req.event_data)
         status = initial_status(trigger_type.value, req.trigger_status)
         now = time.time()
         trigger_id = str(uuid.uuid4())
