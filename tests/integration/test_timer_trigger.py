@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import signal
@@ -104,7 +105,7 @@ async def test_fires_carry_the_documented_timer_event(rig: TimerRig) -> None:
     assert fire["request_id"] == fire_request_id("trig-1", scheduled.timestamp())
     assert fire["trigger_type"] == "TIMER"
     times = [datetime.fromisoformat(f["payload"]["time"]).timestamp() for f in rig.recorder.fires]
-    assert all(b - a == 1 for a, b in zip(times, times[1:], strict=False))
+    assert all(b - a == 1 for a, b in itertools.pairwise(times))
 
 
 @pytest.mark.parametrize(("policy", "late_fired"), [("fire_once", 1), ("fire_all", 9), ("skip", 0)])
@@ -193,7 +194,7 @@ async def test_restart_of_the_service_keeps_the_schedule(tmp_path: Path) -> None
         records, _ = await harness.service.store.list_records(_query(harness, urn))
         scheduled = sorted(datetime.fromisoformat(r.source["scheduled_time"]).timestamp() for r in records)
         assert all(r.status.value == "SUCCESS" for r in records if r.end_time and r.end_time < time.time() - 1)
-    gaps = [b - a for a, b in zip(scheduled, scheduled[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(scheduled)]
     assert gaps and max(gaps) <= 1.0 + 1e-6, gaps  # every second covered, including the downtime
     assert any(down_from < s < down_to for s in scheduled)
     assert len(scheduled) == len(set(scheduled))
@@ -243,5 +244,5 @@ async def test_two_processes_fire_each_instant_exactly_once(tmp_path: Path) -> N
     duplicates = {k: v for k, v in counts.items() if v > 1}
     assert not duplicates, f"fired twice: {duplicates}"
     ordered = sorted(counts)
-    missing = [b - a for a, b in zip(ordered, ordered[1:], strict=False) if b - a > 1]
+    missing = [b - a for a, b in itertools.pairwise(ordered) if b - a > 1]
     assert not missing, f"gaps in the schedule: {missing}"  # fire_all covers the takeover gap
