@@ -32,6 +32,7 @@ from aiohttp import web
 
 from connectors.base import Connector, TriggerSpec
 from invoker.runtime.base import InvocationResult
+from invoker.runtime.streams import read_bounded
 from schemas.errors import FSSError, bad_request, conflict
 from schemas.events.apig import ApigEvent, APIGResponse
 
@@ -198,8 +199,8 @@ class ApigConnector(Connector):
             return _error(401, "APIG.0301", f"authentication ({route.auth}) required for this API", request_id)
         if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
             return _error(413, "APIG.0201", f"request body over {MAX_BODY_BYTES} bytes", request_id)
-        body = await request.content.read(MAX_BODY_BYTES + 1)
-        if len(body) > MAX_BODY_BYTES:
+        body, complete = await read_bounded(request.content, MAX_BODY_BYTES)
+        if not complete:
             return _error(413, "APIG.0201", f"request body over {MAX_BODY_BYTES} bytes", request_id)
         query: dict[str, str] = {}
         for key, value in request.query.items():

@@ -23,6 +23,7 @@ from invoker.runtime.base import (
     InvocationResult,
 )
 from invoker.runtime.invoke_log import finish_line, start_line
+from invoker.runtime.streams import read_bounded
 
 MAX_RESULT_BYTES = 6 * 1024 * 1024
 
@@ -121,7 +122,7 @@ class HttpRuntime:
                 timeout=aiohttp.ClientTimeout(total=timeout),
                 allow_redirects=False,
             ) as response:
-                body = await response.content.read(self.max_result_bytes + 1)
+                body, _ = await read_bounded(response.content, self.max_result_bytes)
                 status = response.status
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
         except TimeoutError:

@@ -239,3 +239,16 @@ async def test_active_invocations_and_cancel(harness: Harness) -> None:
         harness.fgs(f"/functions/{urn}/active-async-invocations"), params={"requests": ids}
     ) as resp:
         assert resp.status == 400
+
+
+async def test_large_payloads_arrive_whole(harness: Harness) -> None:
+    urn = await harness.create_function(
+        "size", "def handler(event, context):\n    return {'n': len(event['x'])}\n", memory_size=512
+    )
+    big = "a" * (5 * 1024 * 1024)  # many TCP chunks
+    async with harness.http.post(harness.fgs(f"/functions/{urn}/invocations"), json={"x": big}) as resp:
+        assert await resp.json() == {"n": len(big)}
+    medium = "b" * (200 * 1024)
+    rid = await harness.invoke_async(urn, {"x": medium})
+    record = await harness.wait_terminal(urn, rid)
+    assert json.loads(record["response"]) == {"n": len(medium)}

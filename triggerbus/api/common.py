@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from invoker.runtime.streams import read_bounded
 from schemas.errors import FSSError, bad_request, too_large, validation_failed
 from schemas.urn import PROJECT_RE
 
@@ -28,8 +29,8 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     """The request body, refusing more than ``limit`` bytes without reading them all."""
     if request.content_length is not None and request.content_length > limit:
         raise too_large(f"request body of {request.content_length} bytes exceeds the {limit}-byte limit")
-    body = await request.content.read(limit + 1)
-    if len(body) > limit:
+    body, complete = await read_bounded(request.content, limit)
+    if not complete:
         raise too_large(f"request body exceeds the {limit}-byte limit")
     return body
 

@@ -1,0 +1,1 @@
+"""Benchmarks: each prints its numbers as ratios against baselines measured in the same run."""
