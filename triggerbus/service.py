@@ -74,6 +74,7 @@ class Service:
 
     async def start(self) -> None:
         s = self.settings
+        s.data_dir = s.data_dir.resolve()  # worker processes run elsewhere: code paths must be absolute
         self._lock = lock_data_dir(s.data_dir)
         self.token = s.load_token()
         self.secrets = SecretBox.load(s.data_dir)

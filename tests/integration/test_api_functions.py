@@ -188,3 +188,15 @@ async def test_create_body_size_is_bounded(harness: Harness) -> None:
         payload = await resp.json()
     assert resp.status == 413
     assert payload["error_code"] == "FSS.0413"
+
+
+async def test_a_relative_data_dir_works(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    from pathlib import Path
+
+    from tests.integration.conftest import make_settings, running
+
+    monkeypatch.chdir(tmp_path)
+    async with running(make_settings(Path("relative-data"))) as h:
+        urn = await h.create_function("rel", HELLO)
+        async with h.http.post(h.fgs(f"/functions/{urn}/invocations"), json={"name": "x"}) as resp:
+            assert await resp.json() == {"hello": "x"}
