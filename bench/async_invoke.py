@@ -190,6 +190,7 @@ class Load:
     first_error: str = ""
     wall_s: float = 0.0
     rps: float = 0.0
+    worst_1s: int | None = None  # fewest responses in any whole second of the run (stalls show here)
     latency_ms: Dist | None = None
     client_cpu_s: float = 0.0
     server_cpu_s: float | None = None
@@ -203,6 +204,27 @@ class Load:
         for private in ("t_start", "request_ids", "sent_wall"):
             data.pop(private)
         return data
+
+
+@dataclass
+class Progress:
+    """Shared between a running :func:`drive` and an observer polling the server meanwhile."""
+
+    accepted: int = 0
+    finished: bool = False
+
+
+def worst_second(done_at: Sequence[float], start: float) -> int | None:
+    """Fewest completions in any whole one-second window from ``start`` (None if the run was shorter)."""
+    seconds = int(max(done_at, default=start) - start)
+    if seconds < 1:
+        return None
+    counts = [0] * seconds
+    for t in done_at:
+        k = int(t - start)
+        if k < seconds:
+            counts[k] += 1
+    return min(counts)
 
 
 def new_session(concurrency: int) -> aiohttp.ClientSession:
@@ -223,10 +245,13 @@ async def drive(
     concurrency: int,
     first_index: int = 0,
     server_pid: int | None = None,
+    progress: Progress | None = None,
 ) -> Load:
     """``concurrency`` clients send ``requests`` POSTs in total, each as soon as its last answered."""
     load = Load(name, requests, concurrency)
+    progress = progress or Progress()
     latencies = [math.nan] * requests
+    done_at: list[float] = []
     ids = [""] * requests
     sent = [0.0] * requests
     counter = iter(range(requests))
@@ -244,19 +269,25 @@ async def drive(
                 load.errors += 1
                 load.first_error = load.first_error or repr(exc)
                 continue
-            elapsed = time.perf_counter() - t0
+            t1 = time.perf_counter()
             if status != 202:
                 load.errors += 1
                 load.first_error = load.first_error or f"HTTP {status}: {raw[:200]!r}"
                 continue
-            latencies[i] = elapsed * 1000
+            latencies[i] = (t1 - t0) * 1000
+            done_at.append(t1)
             ids[i] = json.loads(raw)["request_id"]
+            progress.accepted += 1
 
     cpu_before = cpu_snapshot(server_pid) if server_pid else {}
     client_cpu = time.process_time()
     load.t_start = time.perf_counter()
-    await asyncio.gather(*(client() for _ in range(concurrency)))
+    try:
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+    finally:
+        progress.finished = True
     load.wall_s = time.perf_counter() - load.t_start
+    load.worst_1s = worst_second(done_at, load.t_start)
     load.client_cpu_s = time.process_time() - client_cpu
     if server_pid:
         load.server_cpu_s, load.worker_cpu_s = cpu_delta(cpu_before, cpu_snapshot(server_pid), server_pid)
@@ -480,6 +511,7 @@ class EndToEnd:
     first_send_to_all_done_s: float
     done_when_accept_ended: int  # measured invocations already SUCCESS when the last 202 arrived
     drain_after_accept_s: float  # from the last 202 to all done
+    max_backlog: int  # most accepted-but-not-yet-SUCCESS seen by the observer (polled every 50 ms)
     server_cpu_s: float | None
     worker_cpu_s: float | None
     client_cpu_s: float
@@ -498,20 +530,31 @@ async def count_status(http: aiohttp.ClientSession, base: str, status: str) -> i
         return int(body["count"])
 
 
+@dataclass
+class Poll:
+    done_at: float | None = None  # perf_counter when all were seen SUCCESS; None if they stalled
+    count: int = 0  # SUCCESS records at the last poll
+    max_backlog: int = 0  # most accepted-but-not-yet-SUCCESS invocations seen at one poll
+
+
 async def wait_for_success(
-    http: aiohttp.ClientSession, base: str, target: int, interval: float = 0.05
-) -> tuple[float | None, int]:
-    """Poll until ``target`` records are SUCCESS; (perf_counter when seen, or None on a stall; count)."""
+    http: aiohttp.ClientSession, base: str, already: int, progress: Progress, interval: float = 0.05
+) -> Poll:
+    """Poll the SUCCESS count until it reaches ``already`` plus everything ``progress`` had accepted."""
+    poll = Poll()
     seen, last_progress = -1, time.perf_counter()
     while True:
-        count = await count_status(http, base, "SUCCESS")
+        finished, accepted = progress.finished, progress.accepted  # read before the count is asked
+        poll.count = await count_status(http, base, "SUCCESS")
         now = time.perf_counter()
-        if count >= target:
-            return now, count
-        if count > seen:
-            seen, last_progress = count, now
+        poll.max_backlog = max(poll.max_backlog, already + accepted - poll.count)
+        if finished and poll.count >= already + accepted:
+            poll.done_at = now
+            return poll
+        if poll.count > seen:
+            seen, last_progress = poll.count, now
         elif now - last_progress > STALL_S:
-            return None, count
+            return poll
         await asyncio.sleep(interval)
 
 
@@ -578,15 +621,18 @@ async def triggerbus_phase(args: argparse.Namespace, tmp: Path) -> tuple[Load, E
             if resp.status != 200:
                 raise RuntimeError(f"create function: HTTP {resp.status}: {await resp.text()}")
 
-        warm = await drive(session, url, name="warm-up", requests=args.warmup, concurrency=args.concurrency)
-        done, _ = await wait_for_success(observer, base, warm.ok)
-        if done is None:
+        warm_progress = Progress()
+        await drive(
+            session, url, name="warm-up", requests=args.warmup, concurrency=args.concurrency, progress=warm_progress
+        )
+        warm = await wait_for_success(observer, base, 0, warm_progress)
+        if warm.done_at is None:
             raise RuntimeError("the warm-up invocations did not complete; see the server log")
 
-        target = warm.ok + args.requests
+        progress = Progress()
         before = cpu_snapshot(pid)
         client_cpu = time.process_time()
-        poller = asyncio.create_task(wait_for_success(observer, base, target))
+        poller = asyncio.create_task(wait_for_success(observer, base, warm.count, progress))
         load = await drive(
             session,
             url,
@@ -595,30 +641,27 @@ async def triggerbus_phase(args: argparse.Namespace, tmp: Path) -> tuple[Load, E
             concurrency=args.concurrency,
             first_index=args.warmup,
             server_pid=pid,
+            progress=progress,
         )
         accept_end = load.t_start + load.wall_s
-        done_at_accept = await count_status(observer, base, "SUCCESS") - warm.ok
-        target = warm.ok + load.ok  # rejected requests never complete
-        if load.ok < args.requests:
-            poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await poller
-            poller = asyncio.create_task(wait_for_success(observer, base, target))
-        all_done, count = await poller
+        done_at_accept = await count_status(observer, base, "SUCCESS") - warm.count
+        poll = await poller
         server_cpu, worker_cpu = cpu_delta(before, cpu_snapshot(pid), pid)
         client_cpu_s = time.process_time() - client_cpu
         others = {s: await count_status(observer, base, s) for s in ("FAIL", "DISCARD", "WAIT", "RUNNING")}
-        if all_done is None:
-            print(f"!! completions stalled at {count - warm.ok} of {load.ok}; statuses {others}", file=sys.stderr)
+        if poll.done_at is None:
+            done = poll.count - warm.count
+            print(f"!! completions stalled at {done} of {load.ok}; other statuses {others}", file=sys.stderr)
             return load, None
         durations, waits, ends, _ = await sample_records(observer, base, load, args.sample)
-        e2e = all_done - load.t_start
+        e2e = poll.done_at - load.t_start
         result = EndToEnd(
-            completed=count - warm.ok,
+            completed=poll.count - warm.count,
             completions_per_s=load.ok / e2e,
             first_send_to_all_done_s=e2e,
             done_when_accept_ended=done_at_accept,
-            drain_after_accept_s=all_done - accept_end,
+            drain_after_accept_s=poll.done_at - accept_end,
+            max_backlog=poll.max_backlog,
             server_cpu_s=server_cpu,
             worker_cpu_s=worker_cpu,
             client_cpu_s=client_cpu_s,

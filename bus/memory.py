@@ -64,6 +64,10 @@ class MemoryBus(Bus):
         entries.append(Message(m.topic, part, len(entries), m.key, m.value, dict(m.headers), time.time()))
         self.published += 1
 
+    def messages(self, topic: str) -> list[Message]:
+        """Everything published to ``topic`` so far (for tests), partition by partition."""
+        return [m for (t, _), entries in sorted(self.log.items()) if t == topic for m in entries]
+
     def subscribe(self, group: str, topics: Sequence[str], *, max_in_flight: int = 1000) -> Subscription:
         return MemorySubscription(self, group, list(topics), max_in_flight)
 

@@ -19,6 +19,7 @@ import sqlite3
 import time
 from collections.abc import Sequence
 
+from bus.aio import stop_tasks
 from bus.base import DEFAULT_PARTITIONS, Bus, Message, Outgoing, Subscription, partition_for
 from bus.positions import PartitionPositions
 from bus.sqlitedb import Database
@@ -118,11 +119,7 @@ class SQLiteBus(Bus):
         self._closed = True
         for sub in list(self._subscriptions):
             await sub.close()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_tasks(*self._tasks)
         self._tasks.clear()
 
     # -- publishing ------------------------------------------------------------------
@@ -476,10 +473,7 @@ class SQLiteSubscription(Subscription):
             return
         self._closed = True
         self._capacity.set()
-        if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
+        await stop_tasks(self._flusher)
         if self._loaded:
             await self.commit()
         self.bus._forget(self)

@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 
 from aiohttp import web
 
+from bus.aio import Background
 from connectors.base import Connector, TriggerSpec
 from invoker.runtime.base import InvocationResult
 from invoker.runtime.streams import read_bounded
@@ -98,13 +99,11 @@ class ApigConnector(Connector):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._routes: dict[str, _Route] = {}
-        self._background: set[asyncio.Task[InvocationResult]] = set()
+        self._background = Background()  # sync calls outliving their caller's backend timeout
         self.requests = 0
 
     async def close(self) -> None:
-        for task in list(self._background):
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        await self._background.stop()
 
     # -- trigger lifecycle -------------------------------------------------------------------
 
@@ -228,11 +227,9 @@ class ApigConnector(Connector):
                     source={"api_id": route.api_id, "path": path, "method": request.method.upper()},
                 )
                 return web.json_response({"request_id": rid}, status=202, headers={"X-Request-Id": request_id})
-            invocation = asyncio.ensure_future(
+            invocation = self._background.spawn(
                 self.ctx.invocations.invoke_sync(route.function_urn, payload.encode(), request_id=request_id)
             )
-            self._background.add(invocation)
-            invocation.add_done_callback(self._background.discard)
             try:
                 async with asyncio.timeout(route.timeout_s):
                     result = await asyncio.shield(invocation)

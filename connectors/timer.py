@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
+from bus.aio import stop_tasks
 from connectors.base import Connector, ConnectorContext, TriggerSpec
 from connectors.schedule import Schedule, ScheduleError, format_fire_time, parse_schedule
 from schemas.errors import bad_request
@@ -96,11 +97,8 @@ class TimerConnector(Connector):
         self._task = asyncio.create_task(self._run(), name="timer-scheduler")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_tasks(self._task)
+        self._task = None
         if self._leader:
             with contextlib.suppress(Exception):
                 await self.ctx.state.release_lease(LEASE_NAME, self.ctx.node_id)

@@ -20,12 +20,12 @@ slot is likely free, and acks them. Nothing waits on the partition.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
+from bus.aio import Background, stop_tasks
 from bus.base import Bus, Message, Outgoing
 from invoker.age import expired, expires_before
 from invoker.completion import Completion, CompletionHub
@@ -74,7 +74,7 @@ class AsyncInvoker:
         self.park_threshold = park_threshold
         self.clock = clock
         self._task: asyncio.Task[None] | None = None
-        self._handlers: set[asyncio.Task[None]] = set()
+        self._handlers = Background()
         self._avg_duration_s: dict[str, float] = {}
         self._active: set[tuple[str, int]] = set()  # (request id, attempt) being processed here
         self.stats: dict[str, int] = {
@@ -93,14 +93,9 @@ class AsyncInvoker:
         self._task = asyncio.create_task(self._loop(), name="async-invoker")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        for task in list(self._handlers):
-            task.cancel()
-        await asyncio.gather(*self._handlers, return_exceptions=True)
+        await stop_tasks(self._task)
+        self._task = None
+        await self._handlers.stop()
         await self._sub.close()
 
     @property
@@ -118,9 +113,7 @@ class AsyncInvoker:
                 await asyncio.sleep(1.0)
                 continue
             for message in messages:
-                task = asyncio.create_task(self._handle(message))
-                self._handlers.add(task)
-                task.add_done_callback(self._handlers.discard)
+                self._handlers.spawn(self._handle(message))
 
     async def _handle(self, message: Message) -> None:
         try:
@@ -298,6 +291,39 @@ class AsyncInvoker:
             env, AsyncStatus.DISCARD, EVENT_AGE_CODE, message, condition=EVENT_AGE_EXCEEDED, resolved=resolved
         )
 
+    async def _publish_destination(
+        self,
+        env: InvocationEnvelope,
+        resolved: ResolvedFunction | None,
+        status: AsyncStatus,
+        result: InvocationResult | None,
+        attempts: int,
+        condition: str,
+    ) -> dict[str, Any]:
+        """Send the outcome to on_success/on_failure, if configured; the record's summary of it."""
+        if resolved is None:
+            return {}
+        destinations = resolved.async_config.destination_config
+        target = destinations.on_success if status is AsyncStatus.SUCCESS else destinations.on_failure
+        if target is None:
+            return {}
+        if result is not None and len(result.body) > ASYNC_RESULT_LIMIT:
+            result = InvocationResult(result.request_id, b'""', result.error, result.duration_ms)
+        event = build_event(
+            request_id=env.request_id,
+            function_urn=resolved.spec.urn,
+            payload=env.payload,
+            result=result,
+            attempts=attempts,
+            condition=condition,
+            now=self.clock(),
+        )
+        outgoing, summary = plan_delivery(
+            target, event, source_request_id=env.request_id, function_urn=resolved.spec.urn
+        )
+        await self.bus.publish(outgoing)
+        return summary
+
     async def _terminal_without_run(
         self,
         env: InvocationEnvelope,
@@ -308,24 +334,7 @@ class AsyncInvoker:
         condition: str,
         resolved: ResolvedFunction | None,
     ) -> None:
-        destination: dict[str, Any] = {}
-        if resolved is not None and resolved.async_config.destination_config.on_failure is not None:
-            event = build_event(
-                request_id=env.request_id,
-                function_urn=resolved.spec.urn,
-                payload=env.payload,
-                result=None,
-                attempts=env.attempt,
-                condition=condition,
-                now=self.clock(),
-            )
-            outgoing, destination = plan_delivery(
-                resolved.async_config.destination_config.on_failure,
-                event,
-                source_request_id=env.request_id,
-                function_urn=resolved.spec.urn,
-            )
-            await self.bus.publish(outgoing)
+        summary = await self._publish_destination(env, resolved, status, None, env.attempt, condition)
         await self.records.update_record(
             env.request_id,
             status=status,
@@ -334,10 +343,9 @@ class AsyncInvoker:
             condition=condition,
             end_time=self.clock(),
             next_attempt_at=None,
-            destination=destination,
+            destination=summary,
         )
-        self._count(status)
-        self._notify(env, status)
+        self._finished(env, status)
 
     async def _finish(
         self,
@@ -354,26 +362,9 @@ class AsyncInvoker:
     ) -> None:
         if condition is None:
             condition = "" if result.error is None else CONDITIONS[result.error.category]
-        destinations = resolved.async_config.destination_config
-        target = destinations.on_success if status is AsyncStatus.SUCCESS else destinations.on_failure
         summary: dict[str, Any] = {}
-        if with_destination and target is not None:
-            reported = result
-            if len(result.body) > ASYNC_RESULT_LIMIT:
-                reported = InvocationResult(result.request_id, b'""', result.error, result.duration_ms)
-            event = build_event(
-                request_id=env.request_id,
-                function_urn=resolved.spec.urn,
-                payload=env.payload,
-                result=reported,
-                attempts=attempt.n,
-                condition=condition,
-                now=self.clock(),
-            )
-            outgoing, summary = plan_delivery(
-                target, event, source_request_id=env.request_id, function_urn=resolved.spec.urn
-            )
-            await self.bus.publish(outgoing)
+        if with_destination:
+            summary = await self._publish_destination(env, resolved, status, result, attempt.n, condition)
         if result.error is None:
             code, message = 0, ""
         else:
@@ -390,14 +381,12 @@ class AsyncInvoker:
             response=result.body,
             destination=summary,
         )
-        self._count(status)
-        self._notify(env, status)
+        self._finished(env, status)
 
-    def _count(self, status: AsyncStatus) -> None:
+    def _finished(self, env: InvocationEnvelope, status: AsyncStatus) -> None:
+        """Count a terminal outcome and tell the trigger's connector."""
         key = {AsyncStatus.SUCCESS: "succeeded", AsyncStatus.FAIL: "failed"}.get(status, "discarded")
         self.stats[key] += 1
-
-    def _notify(self, env: InvocationEnvelope, status: AsyncStatus) -> None:
         if env.trigger_id:
             self.completion.done(Completion(env.request_id, env.trigger_id, tuple(env.item_ids), status))
 

@@ -18,7 +18,6 @@ assembler rejects, gets a DISCARD/FAIL record with the reason and is completed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -26,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from bus.aio import Background, stop_tasks
 from bus.base import Bus, Message, Outgoing
 from invoker.completion import Completion, CompletionHub
 from invoker.envelope import (
@@ -99,7 +99,7 @@ class Batcher:
         self.max_batch_bytes = max_batch_bytes
         self.max_in_flight = max_in_flight
         self._open: dict[str, _OpenBatch] = {}
-        self._flushing: set[asyncio.Task[None]] = set()
+        self._flushing = Background()
         self._task: asyncio.Task[None] | None = None
         self.batches = 0
         self.rejected = 0
@@ -109,14 +109,11 @@ class Batcher:
         self._task = asyncio.create_task(self._loop(), name="batcher")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_tasks(self._task)
         for batch in self._open.values():
             if batch.timer:
                 batch.timer.cancel()
-        await asyncio.gather(*self._flushing, return_exceptions=True)
+        await self._flushing.stop()  # unfinished batches stay unacked and come back
         await self._sub.close()
 
     async def _loop(self) -> None:
@@ -171,9 +168,7 @@ class Batcher:
         del self._open[trigger_id]
         if batch.timer is not None:
             batch.timer.cancel()
-        task = asyncio.create_task(self._publish(batch.items))
-        self._flushing.add(task)
-        task.add_done_callback(self._flushing.discard)
+        self._flushing.spawn(self._publish(batch.items))
 
     async def _publish(self, entries: list[tuple[Message, StreamItem]]) -> None:
         items = [item for _, item in entries]

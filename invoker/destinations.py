@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -21,6 +20,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from bus.aio import Background, stop_tasks
 from bus.base import Bus, Message, Outgoing
 from invoker.envelope import (
     DESTINATIONS_TOPIC,
@@ -233,7 +233,7 @@ class DestinationWorker:
         self.retry = retry or RetryPolicy()
         self.group = group
         self._task: asyncio.Task[None] | None = None
-        self._inflight: set[asyncio.Task[None]] = set()
+        self._inflight = Background()
         self.delivered = 0
         self.failed = 0
 
@@ -242,22 +242,15 @@ class DestinationWorker:
         self._task = asyncio.create_task(self._loop(), name="destination-worker")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        for task in list(self._inflight):
-            task.cancel()
-        await asyncio.gather(*self._inflight, return_exceptions=True)
+        await stop_tasks(self._task)
+        await self._inflight.stop()
         await self._sub.close()
 
     async def _loop(self) -> None:
         while True:
             messages = await self._sub.fetch(64, 1.0)
             for message in messages:
-                task = asyncio.create_task(self._handle(message))
-                self._inflight.add(task)
-                task.add_done_callback(self._inflight.discard)
+                self._inflight.spawn(self._handle(message))
 
     async def _handle(self, message: Message) -> None:
         try:

@@ -54,7 +54,17 @@ def _json_arg(value: str | None, default: Any = None) -> Any:
         raise click.BadParameter(f"not valid JSON: {exc.msg}") from None
 
 
-@click.group()
+class ApiGroup(click.Group):
+    """Turns an API error anywhere below into one red line and exit status 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ApiError as exc:
+            _fail(exc)
+
+
+@click.group(cls=ApiGroup)
 @click.option("--endpoint", envvar="TRIGGERBUS_ENDPOINT", default="http://127.0.0.1:8080", show_default=True)
 @click.option("--token", envvar="TRIGGERBUS_TOKEN", default="", help="API token (default: read <data-dir>/token)")
 @click.option("--project", envvar="TRIGGERBUS_PROJECT", default="default", show_default=True)
@@ -214,10 +224,7 @@ def functions_create(
         )
     else:
         raise click.UsageError("give --code PATH or --code-url URL")
-    try:
-        fn = _client(ctx).request("POST", _client(ctx).fgs("/functions"), body=body).json()
-    except ApiError as exc:
-        _fail(exc)
+    fn = _client(ctx).request("POST", _client(ctx).fgs("/functions"), body=body).json()
     console.print(f"[green]created[/] {fn['func_urn']}")
 
 
@@ -225,10 +232,7 @@ def functions_create(
 @click.pass_context
 def functions_list(ctx: click.Context) -> None:
     client = _client(ctx)
-    try:
-        data = client.request("GET", client.fgs("/functions")).json()
-    except ApiError as exc:
-        _fail(exc)
+    data = client.request("GET", client.fgs("/functions")).json()
     table = Table("name", "runtime", "handler", "timeout", "memory", "max inst.", "urn")
     for fn in data["functions"]:
         table.add_row(
@@ -248,10 +252,7 @@ def functions_list(ctx: click.Context) -> None:
 @click.pass_context
 def functions_show(ctx: click.Context, function: str) -> None:
     client = _client(ctx)
-    try:
-        data = client.request("GET", client.fgs(f"/functions/{client.urn(function)}/config")).json()
-    except ApiError as exc:
-        _fail(exc)
+    data = client.request("GET", client.fgs(f"/functions/{client.urn(function)}/config")).json()
     console.print_json(data=data)
 
 
@@ -260,10 +261,7 @@ def functions_show(ctx: click.Context, function: str) -> None:
 @click.pass_context
 def functions_delete(ctx: click.Context, function: str) -> None:
     client = _client(ctx)
-    try:
-        client.request("DELETE", client.fgs(f"/functions/{client.urn(function)}"))
-    except ApiError as exc:
-        _fail(exc)
+    client.request("DELETE", client.fgs(f"/functions/{client.urn(function)}"))
     console.print(f"[green]deleted[/] {function}")
 
 
@@ -277,10 +275,7 @@ def triggers() -> None:
 
 def _create_trigger(ctx: click.Context, function: str, body: dict[str, Any]) -> None:
     client = _client(ctx)
-    try:
-        trigger = client.request("POST", client.fgs(f"/triggers/{client.urn(function)}"), body=body).json()
-    except ApiError as exc:
-        _fail(exc)
+    trigger = client.request("POST", client.fgs(f"/triggers/{client.urn(function)}"), body=body).json()
     kind, trigger_id, status = trigger["trigger_type_code"], trigger["trigger_id"], trigger["trigger_status"]
     console.print(f"[green]created[/] {kind} trigger {trigger_id} ({status})")
     if trigger["event_data"].get("invoke_url"):
@@ -366,10 +361,7 @@ def triggers_add_apig(
 @click.pass_context
 def triggers_list(ctx: click.Context, function: str) -> None:
     client = _client(ctx)
-    try:
-        items = client.request("GET", client.fgs(f"/triggers/{client.urn(function)}")).json()
-    except ApiError as exc:
-        _fail(exc)
+    items = client.request("GET", client.fgs(f"/triggers/{client.urn(function)}")).json()
     table = Table("id", "type", "status", "detail", "state")
     for t in items:
         data = t["event_data"]
@@ -383,10 +375,7 @@ def triggers_list(ctx: click.Context, function: str) -> None:
 def _set_status(ctx: click.Context, function: str, trigger_type: str, trigger_id: str, status: str) -> None:
     client = _client(ctx)
     path = client.fgs(f"/triggers/{client.urn(function)}/{trigger_type.upper()}/{trigger_id}")
-    try:
-        client.request("PUT", path, body={"trigger_status": status})
-    except ApiError as exc:
-        _fail(exc)
+    client.request("PUT", path, body={"trigger_status": status})
     console.print(f"[green]{status.lower()}[/] {trigger_id}")
 
 
@@ -415,10 +404,7 @@ def triggers_disable(ctx: click.Context, function: str, trigger_type: str, trigg
 @click.pass_context
 def triggers_delete(ctx: click.Context, function: str, trigger_type: str, trigger_id: str) -> None:
     client = _client(ctx)
-    try:
-        client.request("DELETE", client.fgs(f"/triggers/{client.urn(function)}/{trigger_type.upper()}/{trigger_id}"))
-    except ApiError as exc:
-        _fail(exc)
+    client.request("DELETE", client.fgs(f"/triggers/{client.urn(function)}/{trigger_type.upper()}/{trigger_id}"))
     console.print(f"[green]deleted[/] {trigger_id}")
 
 
@@ -436,19 +422,16 @@ def invoke(ctx: click.Context, function: str, data: str, asynchronous: bool, sho
     client = _client(ctx)
     event = _json_arg(data, {})
     urn = client.urn(function)
-    try:
-        if asynchronous:
-            resp = client.request("POST", client.fgs(f"/functions/{urn}/invocations-async"), body=event)
-            console.print(f"[green]accepted[/] request_id {resp.json()['request_id']}")
-            return
-        resp = client.request(
-            "POST",
-            client.fgs(f"/functions/{urn}/invocations"),
-            body=event,
-            headers={"X-Cff-Log-Type": "tail"} if show_log else None,
-        )
-    except ApiError as exc:
-        _fail(exc)
+    if asynchronous:
+        resp = client.request("POST", client.fgs(f"/functions/{urn}/invocations-async"), body=event)
+        console.print(f"[green]accepted[/] request_id {resp.json()['request_id']}")
+        return
+    resp = client.request(
+        "POST",
+        client.fgs(f"/functions/{urn}/invocations"),
+        body=event,
+        headers={"X-Cff-Log-Type": "tail"} if show_log else None,
+    )
     failed = resp.headers.get("X-Is-Func-Err") == "true"
     summary = json.loads(resp.headers.get("X-Cff-Invoke-Summary", "{}"))
     click.echo(resp.body.decode("utf-8", errors="replace"))
@@ -505,10 +488,7 @@ def async_config(
             "on_failure": dest(on_failure_function, on_failure_obs),
         },
     }
-    try:
-        config = client.request("PUT", client.fgs(f"/functions/{client.urn(function)}/async-invoke-config"), body=body)
-    except ApiError as exc:
-        _fail(exc)
+    config = client.request("PUT", client.fgs(f"/functions/{client.urn(function)}/async-invoke-config"), body=body)
     console.print_json(data=config.json())
 
 
@@ -540,12 +520,7 @@ def records_list(
 ) -> None:
     client = _client(ctx)
     query = {"status": status, "limit": limit, "query_begin_time": _since(since), "trigger_id": trigger_id}
-    try:
-        data = client.request(
-            "GET", client.fgs(f"/functions/{client.urn(function)}/async-invocations"), query=query
-        ).json()
-    except ApiError as exc:
-        _fail(exc)
+    data = client.request("GET", client.fgs(f"/functions/{client.urn(function)}/async-invocations"), query=query).json()
     colors = {"SUCCESS": "green", "FAIL": "red", "DISCARD": "yellow", "RUNNING": "cyan", "WAIT": "white"}
     table = Table(
         "request id",
@@ -576,12 +551,7 @@ def records_list(
 @click.pass_context
 def records_show(ctx: click.Context, function: str, request_id: str) -> None:
     client = _client(ctx)
-    try:
-        data = client.request(
-            "GET", client.fgs(f"/functions/{client.urn(function)}/async-invocations/{request_id}")
-        ).json()
-    except ApiError as exc:
-        _fail(exc)
+    data = client.request("GET", client.fgs(f"/functions/{client.urn(function)}/async-invocations/{request_id}")).json()
     attempts = data.pop("attempt_details", [])
     logs = [a.pop("logs", "") for a in attempts]
     console.print_json(data=data)

@@ -9,7 +9,6 @@ connectors ──► bus (SQLite log) ──► batcher ──► bus ──► 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fcntl
 import logging
 import os
@@ -17,6 +16,7 @@ import time
 from pathlib import Path
 from typing import IO
 
+from bus.aio import stop_tasks
 from bus.sqlite import SQLiteBus
 from bus.sqlitedb import Database
 from connectors.apig import ApigConnector
@@ -167,10 +167,7 @@ class Service:
                 log.exception("housekeeping failed")
 
     async def close(self) -> None:
-        if self._housekeeping is not None:
-            self._housekeeping.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._housekeeping
+        await stop_tasks(self._housekeeping)
         for closer in (
             self.timer.close,
             self.apig.close,

@@ -172,10 +172,7 @@ class TriggerManager:
                     f"(updatable: {', '.join(sorted(allowed)) or 'none'}); delete and recreate it instead"
                 )
             merged = {**spec.event_data, **req.event_data}
-            spec.event_data = {
-                **self._validated(TriggerType(trigger.trigger_type), merged),
-                **{k: v for k, v in spec.event_data.items() if k not in merged or k in ("invoke_url", "api_id")},
-            }
+            spec.event_data = self._validated(TriggerType(trigger.trigger_type), merged)
             await connector.validate(spec, existing=await self._existing())
             data_changed = True
         secret = SECRET_FIELDS.get(TriggerType(trigger.trigger_type), frozenset())

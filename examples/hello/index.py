@@ -1,4 +1,3 @@
-# -*- coding:utf-8 -*-
 """A FunctionGraph-style Python function: works unchanged on FunctionGraph and on Triggerbus."""
 
 import json

@@ -19,9 +19,9 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import field_validator, model_validator
+from pydantic import BeforeValidator, field_validator, model_validator
 
 from schemas.base import FGModel
 
@@ -44,6 +44,10 @@ def epoch_seconds(value: object) -> object:
     return value
 
 
+EpochSeconds = Annotated[int, BeforeValidator(epoch_seconds)]
+"""``event_time``: epoch seconds on output; int, numeric string or ISO time with offset on input."""
+
+
 def now_seconds() -> int:
     return int(time.time())
 
@@ -58,16 +62,11 @@ class KafkaEvent(FGModel):
     """Messages polled from one Kafka instance, grouped by topic (one record per topic)."""
 
     event_version: str = "v1.0"
-    event_time: int
+    event_time: EpochSeconds
     trigger_type: Literal["KAFKA"] = "KAFKA"
     region: str = ""
     instance_id: str
     records: list[KafkaRecord]
-
-    @field_validator("event_time", mode="before")
-    @classmethod
-    def _epoch(cls, value: object) -> object:
-        return epoch_seconds(value)
 
     @field_validator("trigger_type", mode="before")
     @classmethod
@@ -120,16 +119,11 @@ class RocketMQEvent(FGModel):
     """ROCKETMQ (OTC) event: Kafka's shape, ``instance_id`` top-level only (the one known sample)."""
 
     event_version: str = "v1.0"
-    event_time: int
+    event_time: EpochSeconds
     trigger_type: Literal["ROCKETMQ"] = "ROCKETMQ"
     region: str = ""
     instance_id: str
     records: list[RocketMQRecord]
-
-    @field_validator("event_time", mode="before")
-    @classmethod
-    def _epoch(cls, value: object) -> object:
-        return epoch_seconds(value)
 
     @model_validator(mode="before")
     @classmethod

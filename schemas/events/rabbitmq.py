@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from pydantic import field_validator, model_validator
+from pydantic import model_validator
 
 from schemas.base import FGModel
-from schemas.events.kafka import epoch_seconds, now_seconds
+from schemas.events.kafka import EpochSeconds, now_seconds
 
 
 class RabbitMQRecord(FGModel):
@@ -24,15 +24,10 @@ class RabbitMQRecord(FGModel):
 
 class RabbitMQEvent(FGModel):
     event_version: str = "v1.0"
-    event_time: int
+    event_time: EpochSeconds
     trigger_type: Literal["RABBITMQ"] = "RABBITMQ"
     region: str = ""
     records: list[RabbitMQRecord]
-
-    @field_validator("event_time", mode="before")
-    @classmethod
-    def _epoch(cls, value: object) -> object:
-        return epoch_seconds(value)
 
     @model_validator(mode="before")
     @classmethod

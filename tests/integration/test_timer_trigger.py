@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -66,13 +65,8 @@ class TimerRig:
 
 
 @pytest.fixture
-async def rig(tmp_path: Path) -> AsyncIterator[TimerRig]:
-    db = Database(tmp_path / "timer.db")
-    await db.open()
-    store = SQLiteStore(db)
-    await store.start()
-    yield TimerRig(store, Recorder(store))
-    await db.close()
+def rig(store: SQLiteStore) -> TimerRig:
+    return TimerRig(store, Recorder(store))
 
 
 def spec(schedule: str, schedule_type: str = "Cron", created: float | None = None, **data: Any) -> TriggerSpec:

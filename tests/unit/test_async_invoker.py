@@ -13,13 +13,11 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 
 from bus.base import Outgoing
 from bus.memory import MemoryBus
-from bus.sqlitedb import Database
 from invoker.async_invoker import AsyncInvoker
 from invoker.completion import Completion, CompletionHub
 from invoker.concurrency import ConcurrencyLimiter
@@ -128,15 +126,11 @@ class Rig:
         raise AssertionError(f"{request_id} not terminal: {await self.store.get_record(request_id)}")
 
     def published(self, topic: str) -> list[bytes]:
-        return [m.value for (t, _), entries in self.bus.log.items() if t == topic for m in entries]
+        return [m.value for m in self.bus.messages(topic)]
 
 
 @pytest.fixture
-async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
-    db = Database(tmp_path / "t.db")
-    await db.open()
-    store = SQLiteStore(db)
-    await store.start()
+async def rig(store: SQLiteStore) -> AsyncIterator[Rig]:
     bus = MemoryBus()
     runtime = FakeRuntime()
     directory = Directory()
@@ -156,7 +150,6 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     await invoker.start()
     yield Rig(bus, store, runtime, directory, invoker, completions)
     await invoker.close()
-    await db.close()
 
 
 def fn_destination(urn: str) -> DestinationConfig:

@@ -7,13 +7,11 @@ import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
 from bus.base import Outgoing
 from bus.memory import MemoryBus
-from bus.sqlitedb import Database
 from invoker.batching import Batcher, register_assembler
 from invoker.completion import Completion, CompletionHub
 from invoker.envelope import INVOCATIONS_TOPIC, STREAM_TOPIC, InvocationEnvelope, StreamItem
@@ -71,20 +69,11 @@ class Rig:
         await self.bus.publish(*messages)
 
     def batches(self) -> list[InvocationEnvelope]:
-        return [
-            InvocationEnvelope.from_bytes(m.value)
-            for (topic, _), entries in self.bus.log.items()
-            if topic == INVOCATIONS_TOPIC
-            for m in entries
-        ]
+        return [InvocationEnvelope.from_bytes(m.value) for m in self.bus.messages(INVOCATIONS_TOPIC)]
 
 
 @pytest.fixture
-async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
-    db = Database(tmp_path / "b.db")
-    await db.open()
-    store = SQLiteStore(db)
-    await store.start()
+async def rig(store: SQLiteStore) -> AsyncIterator[Rig]:
     bus = MemoryBus(partitions=1)
     hub = CompletionHub()
     completions: list[Completion] = []
@@ -93,7 +82,6 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     await batcher.start()
     yield Rig(bus, store, batcher, completions)
     await batcher.close()
-    await db.close()
 
 
 async def wait_for(predicate, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
