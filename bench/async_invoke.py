@@ -423,6 +423,7 @@ class Direct:
     rate: float
     latency_ms: Dist | None = None
     failures: int = 0
+    cpu_s: float | None = None  # this process plus its worker processes
 
 
 def handler_direct(calls: int) -> Direct:
@@ -481,10 +482,13 @@ async def runtime_direct(args: argparse.Namespace, tmp: Path) -> tuple[Direct, D
                 for i in counter:
                     await one(i, latencies, failures)
 
+            me = os.getpid()
+            cpu_before = cpu_snapshot(me)
             t0 = time.perf_counter()
             await asyncio.gather(*(client() for _ in range(concurrency)))
             wall = time.perf_counter() - t0
-            return Direct(name, calls, concurrency, wall, calls / wall, Dist.of(latencies), len(failures))
+            cpu = sum(cpu_delta(cpu_before, cpu_snapshot(me), me)) if cpu_before else None
+            return Direct(name, calls, concurrency, wall, calls / wall, Dist.of(latencies), len(failures), cpu)
 
         # Warm-up: start every worker (cold starts are not what this measures).
         await burst(max(args.warmup, args.workers), max(args.workers, args.concurrency), "warm-up")
@@ -721,7 +725,15 @@ def _num(value: float | None, digits: int = 0) -> str:
 def _ratio(value: float | None, base: float | None) -> str:
     if value is None or base is None or base == 0 or math.isnan(value) or math.isnan(base):
         return "-"
-    return f"{value / base:.3g}x"
+    ratio = value / base
+    return f"1/{1 / ratio:,.0f}x" if 0 < ratio < 0.01 else f"{ratio:.3g}x"
+
+
+def _per_ms(*seconds: float | None, n: int) -> float | None:
+    """Milliseconds per item of a sum of CPU seconds (None if any is unknown)."""
+    if n <= 0 or any(x is None for x in seconds):
+        return None
+    return sum(x for x in seconds if x is not None) * 1000 / n
 
 
 def print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
@@ -760,6 +772,7 @@ def report(
                 load.name,
                 f"{load.ok}/{load.requests}",
                 _num(load.rps),
+                _num(load.worst_1s),
                 _num(d.p50, 2),
                 _num(d.p95, 2),
                 _num(d.p99, 2),
@@ -776,6 +789,7 @@ def report(
                 direct.name,
                 f"{direct.calls - direct.failures}/{direct.calls}",
                 _num(direct.rate),
+                "-",
                 _num(d.p50, 2),
                 _num(d.p95, 2),
                 _num(d.p99, 2),
@@ -785,11 +799,12 @@ def report(
                 "-",
             ]
         )
-    rows.append([handler.name, f"{handler.calls}/{handler.calls}", _num(handler.rate)] + ["-"] * 7)
+    rows.append([handler.name, f"{handler.calls}/{handler.calls}", _num(handler.rate)] + ["-"] * 8)
     header = [
         "phase",
         "ok",
         "per s",
+        "worst 1 s",
         "p50 ms",
         "p95 ms",
         "p99 ms",
@@ -804,7 +819,8 @@ def report(
         print(
             f"Triggerbus end to end: {e2e.completed} completed in {e2e.first_send_to_all_done_s:.2f} s from the first"
             f" POST; {e2e.done_when_accept_ended} were done when the last 202 arrived; drain after that"
-            f" {e2e.drain_after_accept_s:.2f} s. CPU over the whole run: server {_num(e2e.server_cpu_s, 1)} s,"
+            f" {e2e.drain_after_accept_s:.2f} s; largest backlog seen {e2e.max_backlog}."
+            f" CPU over the whole run: server {_num(e2e.server_cpu_s, 1)} s,"
             f" workers {_num(e2e.worker_cpu_s, 1)} s, client {e2e.client_cpu_s:.1f} s."
             + (f" Other statuses: {e2e.other_statuses}." if e2e.other_statuses else "")
         )
@@ -868,6 +884,18 @@ def report(
                 _num(dur.p99, 2),
                 _num(sq.p99, 2),
                 _ratio(dur.p99, sq.p99),
+            ],
+            [
+                "CPU ms per invocation: server+workers vs PythonRuntime direct (bench+workers)",
+                _num(_per_ms(e2e.server_cpu_s, e2e.worker_cpu_s, n=e2e.completed), 2),
+                _num(_per_ms(conc.cpu_s, n=conc.calls), 2),
+                _ratio(_per_ms(e2e.server_cpu_s, e2e.worker_cpu_s, n=e2e.completed), _per_ms(conc.cpu_s, n=conc.calls)),
+            ],
+            [
+                "server CPU ms per accepted request (incl. concurrent runs) vs floor (b)",
+                _num(_per_ms(accept.server_cpu_s, n=accept.ok), 2),
+                _num(_per_ms(floor_sql.server_cpu_s, n=floor_sql.ok), 2),
+                _ratio(_per_ms(accept.server_cpu_s, n=accept.ok), _per_ms(floor_sql.server_cpu_s, n=floor_sql.ok)),
             ],
             [f"send -> attempt start p50 / p99 ms (n={wait.n})", f"{_num(wait.p50)} / {_num(wait.p99)}", "-", "-"],
             ["send -> attempt end p50 / p99 ms", f"{_num(end.p50)} / {_num(end.p99)}", "-", "-"],

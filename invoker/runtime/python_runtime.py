@@ -273,7 +273,8 @@ class _Worker:
                 return
             self.marker_event.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.marker_event.wait(), remaining)
+                async with asyncio.timeout(remaining):
+                    await self.marker_event.wait()
 
     def send(self, header: dict[str, Any], body: bytes = b"") -> None:
         assert self.writer is not None
@@ -300,7 +301,8 @@ class _Worker:
     async def wait_drained(self, within_s: float) -> None:
         """Give the pipes time to deliver what a dead worker wrote (partial logs)."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self.protocol.closed), within_s)
+            async with asyncio.timeout(within_s):
+                await asyncio.shield(self.protocol.closed)
 
 
 class _Invocation:
@@ -676,7 +678,8 @@ class PythonRuntime:
         """
         if not worker.exited.done():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(worker.exited), _EXIT_GRACE_S)
+                async with asyncio.timeout(_EXIT_GRACE_S):
+                    await asyncio.shield(worker.exited)
         our_reason = worker.kill_reason  # set if we killed it (cancel, close) meanwhile
         returncode = worker.transport.get_returncode()
         worker.kill("crashed")
@@ -787,7 +790,8 @@ class PythonRuntime:
 
     async def _reap(self, worker: _Worker) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(worker.exited), _REAP_WAIT_S)
+            async with asyncio.timeout(_REAP_WAIT_S):
+                await asyncio.shield(worker.exited)
         await worker.wait_drained(_DRAIN_WAIT_S)
         for transport in worker.pipe_transports:
             transport.close()
