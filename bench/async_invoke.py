@@ -1,7 +1,7 @@
 """Async invocation benchmark: the accept path, end-to-end completions, and what bounds them.
 
-Run ``python -m bench.async_invoke --help``. The default run takes about a minute and a
-half on 2 cores. Nothing here asserts a speed: it measures Triggerbus and, in the same
+Run ``python -m bench.async_invoke --help``. The default run takes well under a minute
+on 2 cores. Nothing here asserts a speed: it measures Triggerbus and, in the same
 run, on the same machine and with the same load generator, the baselines below, and
 prints the ratios.
 
@@ -66,6 +66,10 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from invoker.runtime.base import FunctionSpec, InvocationRequest
+from invoker.runtime.codepkg import extract_zip
+from invoker.runtime.python_runtime import PythonRuntime
+
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "bench-token-0123456789abcdef"
 PROJECT = "bench"
@@ -76,7 +80,6 @@ RECORDS_PATH = f"/v2/{PROJECT}/fgs/functions/{URN}/async-invocations"
 NOOP_SOURCE = "def handler(event, context):\n    return None\n"
 JSON_HEADERS = {"Content-Type": "application/json"}
 STALL_S = 60.0  # give up waiting for completions after this long without progress
-TERMINAL = ("SUCCESS", "FAIL", "DISCARD")
 
 
 # -- small helpers ------------------------------------------------------------------------------
@@ -441,10 +444,6 @@ def handler_direct(calls: int) -> Direct:
 
 async def runtime_direct(args: argparse.Namespace, tmp: Path) -> tuple[Direct, Direct]:
     """The worker pool Triggerbus uses, without HTTP, bus or records: sequential and concurrent."""
-    from invoker.runtime.base import FunctionSpec, InvocationRequest
-    from invoker.runtime.codepkg import extract_zip
-    from invoker.runtime.python_runtime import PythonRuntime
-
     code_dir = tmp / "runtime-direct-code"
     extract_zip(noop_zip(), code_dir)
     spec = FunctionSpec(
