@@ -636,19 +636,22 @@ async def triggerbus_phase(args: argparse.Namespace, tmp: Path) -> tuple[Load, E
         before = cpu_snapshot(pid)
         client_cpu = time.process_time()
         poller = asyncio.create_task(wait_for_success(observer, base, warm.count, progress))
-        load = await drive(
-            session,
-            url,
-            name=f"Triggerbus accept, synchronous={args.sync}",
-            requests=args.requests,
-            concurrency=args.concurrency,
-            first_index=args.warmup,
-            server_pid=pid,
-            progress=progress,
-        )
-        accept_end = load.t_start + load.wall_s
-        done_at_accept = await count_status(observer, base, "SUCCESS") - warm.count
-        poll = await poller
+        try:
+            load = await drive(
+                session,
+                url,
+                name=f"Triggerbus accept, synchronous={args.sync}",
+                requests=args.requests,
+                concurrency=args.concurrency,
+                first_index=args.warmup,
+                server_pid=pid,
+                progress=progress,
+            )
+            accept_end = load.t_start + load.wall_s
+            done_at_accept = await count_status(observer, base, "SUCCESS") - warm.count
+            poll = await poller
+        finally:
+            poller.cancel()  # no-op once it finished; stops it if the run was interrupted
         server_cpu, worker_cpu = cpu_delta(before, cpu_snapshot(pid), pid)
         client_cpu_s = time.process_time() - client_cpu
         others = {s: await count_status(observer, base, s) for s in ("FAIL", "DISCARD", "WAIT", "RUNNING")}
@@ -986,7 +989,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.floor_server:
         asyncio.run(serve_floor(args.floor_server, args.port, args.floor_db, args.sync))
         return
-    results = asyncio.run(run(args))
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # like Ctrl-C: stop the servers, clean up
+    try:
+        results = asyncio.run(run(args))
+    except KeyboardInterrupt:
+        print("\ninterrupted: servers stopped, temporary data removed", file=sys.stderr)
+        sys.exit(130)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(results, indent=2, default=str) + "\n")
         print(f"\nresults written to {args.json_out}")

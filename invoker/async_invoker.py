@@ -75,7 +75,11 @@ class AsyncInvoker:
         self.clock = clock
         self._task: asyncio.Task[None] | None = None
         self._handlers = Background()
-        self._avg_duration_s: dict[str, float] = {}
+        # Per function: smoothed time between two completions (its real throughput, whatever
+        # limits it: instances, the worker pool, the function itself) and the last completion.
+        self._completion_gap_s: dict[str, float] = {}
+        self._last_completion: dict[str, float] = {}
+        self._park_horizon: dict[str, float] = {}  # per function: when the last parked event is due
         self._active: set[tuple[str, int]] = set()  # (request id, attempt) being processed here
         self.stats: dict[str, int] = {
             "invocations": 0,
@@ -202,7 +206,7 @@ class AsyncInvoker:
         if expired(env, self.clock(), config.max_async_event_age_in_seconds):
             await self._discard_expired(env, resolved, record.error_message)
             return
-        if self.limiter.waiting(key) >= self.park_threshold:
+        if self.limiter.waiting(key) >= max(self.park_threshold, 2 * spec.max_instances):
             await self._park(env, resolved)
             return
 
@@ -218,7 +222,7 @@ class AsyncInvoker:
                 spec, InvocationRequest(env.request_id, env.payload.encode(), invoke_type="async")
             )
         self.stats["invocations"] += 1
-        self._learn_duration(key, result)
+        self._learn_pace(key)
         attempt.end = self.clock()
         attempt.duration_ms = result.duration_ms
         attempt.memory_mb = result.memory_used_mb
@@ -266,19 +270,30 @@ class AsyncInvoker:
             return
         await self._finish(env, resolved, result, attempt, AsyncStatus.FAIL)
 
-    def _learn_duration(self, key: str, result: InvocationResult) -> None:
-        seconds = max(0.001, result.duration_ms / 1000)
-        old = self._avg_duration_s.get(key)
-        self._avg_duration_s[key] = seconds if old is None else old * 0.8 + seconds * 0.2
+    def _learn_pace(self, key: str) -> None:
+        now = self.clock()
+        last = self._last_completion.get(key)
+        self._last_completion[key] = now
+        if last is not None:
+            gap = min(10.0, max(0.0005, now - last))
+            old = self._completion_gap_s.get(key)
+            self._completion_gap_s[key] = gap if old is None else old * 0.9 + gap * 0.1
 
     async def _park(self, env: InvocationEnvelope, resolved: ResolvedFunction) -> None:
-        """Requeue an event of a saturated function for about when a slot should be free."""
+        """Requeue an event of a saturated function for about when a slot should be free.
+
+        Parked events get successive places on a per-function timeline, spaced by the
+        function's observed time between completions, so each is usually parked once and
+        they come back spread out, roughly in arrival order, instead of all at once.
+        """
         key = resolved.spec.urn
-        waiting = self.limiter.waiting(key)
-        per_slot = self._avg_duration_s.get(key, 1.0)
-        delay = min(60.0, max(0.5, per_slot * waiting / max(1, resolved.spec.max_instances)))
+        now = self.clock()
+        per_event = self._completion_gap_s.get(key, 0.05)  # unknown yet: assume fast, learn soon
+        queue_drained = now + per_event * self.limiter.waiting(key)
+        due = min(max(queue_drained, self._park_horizon.get(key, 0.0)) + per_event, now + 60.0)
+        self._park_horizon[key] = due
         await self.bus.publish(
-            Outgoing(INVOCATIONS_TOPIC, env.to_bytes(), key=env.function_urn, deliver_at=self.clock() + delay)
+            Outgoing(INVOCATIONS_TOPIC, env.to_bytes(), key=env.function_urn, deliver_at=max(due, now + 0.05))
         )
         self.stats["parked"] += 1
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -36,6 +37,9 @@ class InvocationService:
         self.limiter = limiter
         self.sync_count = 0
         self.accepted = 0
+        self._shared_log = getattr(bus, "db", None) is not None and getattr(bus, "db", None) is getattr(
+            store, "db", None
+        )
 
     async def invoke_sync(
         self,
@@ -91,19 +95,38 @@ class InvocationService:
             source=source or {},
             redrive_of=redrive_of,
         )
-        await self.bus.publish(Outgoing(INVOCATIONS_TOPIC, envelope.to_bytes(), key=urn))
-        await self.store.insert_record(
-            Record(
-                request_id=envelope.request_id,
-                function_urn=urn,
-                created=envelope.enqueued_at,
-                trigger_id=trigger_id,
-                trigger_type=trigger_type,
-                source=envelope.source,
-                redrive_of=redrive_of,
-                payload=payload.encode(),
-            )
+        record = Record(
+            request_id=envelope.request_id,
+            function_urn=urn,
+            created=envelope.enqueued_at,
+            trigger_id=trigger_id,
+            trigger_type=trigger_type,
+            source=envelope.source,
+            redrive_of=redrive_of,
+            payload=payload.encode(),
         )
+        message = Outgoing(INVOCATIONS_TOPIC, envelope.to_bytes(), key=urn)
+        if self._shared_log:
+            # One SQLite writer serves both, first come first served: the record can only
+            # land in the same transaction as the bus append or a later one, never before
+            # it. Both share one group commit instead of waiting for two.
+            published, inserted = await asyncio.gather(
+                self.bus.publish(message), self.store.insert_record(record), return_exceptions=True
+            )
+            if isinstance(published, BaseException):
+                if inserted is True:  # never accepted: do not leave a WAIT record behind
+                    await self.store.update_record(
+                        record.request_id,
+                        status=AsyncStatus.DISCARD,
+                        error_code=5000,
+                        error_message=f"not accepted: {published}",
+                    )
+                raise published
+            if isinstance(inserted, BaseException):
+                raise inserted
+        else:
+            await self.bus.publish(message)
+            await self.store.insert_record(record)
         self.accepted += 1
         return envelope.request_id
 

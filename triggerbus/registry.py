@@ -67,6 +67,7 @@ class FunctionRegistry:
         self.destination_kinds = destination_kinds or {DestinationKind.FUNCTIONGRAPH}
         self.forbidden_code_urls = forbidden_code_urls
         self._cache: dict[str, ResolvedFunction | None] = {}
+        self._stored: dict[str, StoredFunction] = {}  # the accept path reads a function per request
         self._lock = asyncio.Lock()
 
     # -- naming -----------------------------------------------------------------------------------
@@ -81,7 +82,11 @@ class FunctionRegistry:
 
     async def require(self, text: str, project_id: str | None = None) -> StoredFunction:
         urn = self.parse_urn(text, project_id)
-        fn = await self.store.get_function(urn.unqualified)
+        fn = self._stored.get(urn.unqualified)
+        if fn is None:
+            fn = await self.store.get_function(urn.unqualified)
+            if fn is not None:
+                self._stored[urn.unqualified] = fn
         if fn is None:
             raise not_found(f"function '{urn.name}' (package {urn.package}) does not exist")
         return fn
@@ -158,7 +163,7 @@ class FunctionRegistry:
         async with self._lock:
             if not await self.store.put_function(fn, create=True):
                 raise conflict(f"function '{req.func_name}' already exists in package {req.package}")
-            self._cache.pop(fn.urn, None)
+            self.invalidate(fn.urn)
         await self.store.audit("createFunction", fn.urn, {"runtime": fn.runtime, "digest": fn.digest})
         return fn
 
@@ -178,13 +183,13 @@ class FunctionRegistry:
         if credentials is not None:
             updated.credentials = {k: self.secrets.encrypt(v) for k, v in credentials.items() if v}
         await self.store.put_function(updated, create=False)
-        self._cache.pop(fn.urn, None)
+        self.invalidate(fn.urn)
         await self.store.audit("updateFunctionConfig", fn.urn, {"fields": sorted(changes)})
         return updated
 
     async def delete(self, fn: StoredFunction) -> None:
         await self.store.delete_function(fn.urn)
-        self._cache.pop(fn.urn, None)
+        self.invalidate(fn.urn)
         await self.store.audit("deleteFunction", fn.urn, {})
 
     # -- async config ---------------------------------------------------------------------------------
@@ -217,7 +222,7 @@ class FunctionRegistry:
             others.pop(fn.urn, None)
             check_no_cycle(fn.urn, config, others)
             await self.store.put_async_config(config, fn.urn)
-            self._cache.pop(fn.urn, None)
+            self.invalidate(fn.urn)
         await self.store.audit("updateAsyncInvokeConfig", fn.urn, config.model_dump(mode="json"))
         return config
 
@@ -226,7 +231,7 @@ class FunctionRegistry:
 
     async def delete_async_config(self, fn: StoredFunction) -> bool:
         deleted = await self.store.delete_async_config(fn.urn)
-        self._cache.pop(fn.urn, None)
+        self.invalidate(fn.urn)
         if deleted:
             await self.store.audit("deleteAsyncInvokeConfig", fn.urn, {})
         return deleted
@@ -300,7 +305,9 @@ class FunctionRegistry:
         )
 
     def invalidate(self, unqualified_urn: str) -> None:
+        """Forget cached views of a function that changed."""
         self._cache.pop(unqualified_urn, None)
+        self._stored.pop(unqualified_urn, None)
 
 
 __all__ = ["FSSError", "FunctionRegistry"]

@@ -12,6 +12,7 @@ import asyncio
 import fcntl
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import IO
@@ -98,7 +99,12 @@ class Service:
             forbidden_code_urls=self._own_urls(),
         )
         self.limiter = ConcurrencyLimiter()
-        self.python_runtime = PythonRuntime(max_workers=s.max_workers, idle_ttl_s=s.worker_idle_ttl_s)
+        work_root = s.data_dir / "workers"
+        shutil.rmtree(work_root, ignore_errors=True)  # left over from a crash; no worker of ours is alive
+        work_root.mkdir(parents=True)
+        self.python_runtime = PythonRuntime(
+            max_workers=s.max_workers, idle_ttl_s=s.worker_idle_ttl_s, work_root=work_root
+        )
         self.dispatcher = Dispatcher({"python": self.python_runtime, "http": HttpRuntime()})
         await self.dispatcher.start()
         self.completion = CompletionHub()

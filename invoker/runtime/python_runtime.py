@@ -30,6 +30,7 @@ survives the group kill; only a container/cgroup boundary would catch that.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import os
@@ -322,6 +323,9 @@ class _Abort(Exception):
         self.error = error
 
 
+_NOTHING = object()  # _take found neither a worker nor a slot
+
+
 def _rss_mb(pid: int) -> float | None:
     """VmRSS of a process in MB, or None once it is gone.
 
@@ -390,6 +394,7 @@ class PythonRuntime:
         python: str = sys.executable,
         max_result_bytes: int = 6 * 1024 * 1024,
         log_limit_bytes: int = 64 * 1024,
+        work_root: Path | None = None,
     ) -> None:
         if max_workers < 1:
             raise ValueError("max_workers must be at least 1")
@@ -398,10 +403,17 @@ class PythonRuntime:
         self._python = python
         self._max_result_bytes = max_result_bytes
         self._log_limit = log_limit_bytes
+        # Workers' HOME/cwd directories live here; a service that was SIGKILLed cannot
+        # remove them, so the owner of work_root clears it at start.
+        self._work_root = work_root
         self._workers: set[_Worker] = set()  # live workers, busy or idle
         self._idle: dict[tuple[str, str], list[_Worker]] = {}
         self._spawning = 0  # pool slots reserved by spawns in progress
-        self._waiters: list[asyncio.Future[None]] = []
+        # Callers waiting for a worker, oldest first. A freed worker or slot is handed to
+        # the oldest (``_wake``); ``_handoffs`` counts those woken but not yet running, so
+        # newcomers queue behind them instead of grabbing what was handed over.
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._handoffs = 0
         self._running: dict[str, _Invocation] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._reaper: asyncio.Task[None] | None = None
@@ -483,7 +495,6 @@ class PythonRuntime:
         inv.canceled.set_result(None)
         if inv.worker is not None:
             inv.worker.kill("canceled")
-        self._wake()
         return True
 
     async def retire(self, urn: str) -> None:
@@ -494,7 +505,6 @@ class PythonRuntime:
                     worker.retired = True
                 else:
                     self._remove(worker, "retired")
-        self._wake()
 
     # -- introspection (tests, debugging) ---------------------------------------------
 
@@ -522,6 +532,7 @@ class PythonRuntime:
         def failed(err: InvocationError, since: float) -> tuple[bytes, InvocationError, float, float]:
             return b"", err, (time.monotonic() - since) * 1000, peak[0]
 
+        worker_was_cold = worker is None
         if worker is None:  # a slot was reserved: cold start
             try:
                 worker = await self._spawn(spec, log)
@@ -570,7 +581,8 @@ class PythonRuntime:
         if isinstance(got, InvocationError):
             return failed(got, t_start)
         # Measured like the timeout: from getting a worker, cold start included, so a
-        # timed-out invocation reports a duration equal to its timeout.
+        # timed-out invocation reports a duration equal to its timeout. A warm worker's own
+        # measurement replaces it below.
         duration_ms = (time.monotonic() - t_start) * 1000
         frame, body = got
         if frame.get("type") != "result" or frame.get("seq") != seq:
@@ -579,6 +591,12 @@ class PythonRuntime:
         reported = frame.get("memory_used_mb")
         if isinstance(reported, int | float):
             peak[0] = max(peak[0], float(reported))
+        executed = frame.get("duration_ms")
+        if isinstance(executed, int | float) and not worker_was_cold:
+            # Warm: report the function's own execution time (the parent's clock would add
+            # event-loop queueing under load). Cold starts keep the wall time, which
+            # includes starting the worker, as on FunctionGraph.
+            duration_ms = float(executed)
         await worker.wait_markers(seq)
         if peak[0] > spec.memory_mb:
             # The allocation came and went between two polls; the worker's own peak
@@ -706,44 +724,71 @@ class PythonRuntime:
     # -- pool -------------------------------------------------------------------------
 
     async def _acquire(self, spec: FunctionSpec, inv: _Invocation) -> _Worker | None:
-        """A warm idle worker, or None after reserving a slot for a new one (cold start)."""
-        key = (spec.urn, spec.code_digest)
+        """A warm idle worker, or None after reserving a slot for a new one (cold start).
+
+        First come, first served: while others wait, a newcomer queues behind them.
+        """
         loop = asyncio.get_running_loop()
+        handed = False  # woken by _wake: we hold a handoff and go first
         while True:
-            if self._closed:
-                raise _Abort(InvocationError(ErrorCategory.SYSTEM_ERROR, "python runtime is closed"))
-            if inv.canceled.done():
+            if self._closed or inv.canceled.done():
+                if handed:
+                    self._pass_handoff()
+                if self._closed:
+                    raise _Abort(InvocationError(ErrorCategory.SYSTEM_ERROR, "python runtime is closed"))
                 raise _Abort(InvocationError(ErrorCategory.CANCELED, "function invocation canceled"))
             self._retire_other_digests(spec.urn, spec.code_digest)
-            idle = self._idle.get(key)
-            while idle:
-                worker = idle.pop()  # most recently used: lets the others age out
-                if not idle:
-                    del self._idle[key]
-                if not worker.exited.done():
-                    worker.busy = True
-                    return worker
-                self._remove(worker, "exited")
-                idle = self._idle.get(key)
-            if len(self._workers) + self._spawning < self._max_workers:
-                self._spawning += 1
-                return None
-            victim = min(
-                (w for ws in self._idle.values() for w in ws),
-                key=lambda w: w.last_used,
-                default=None,
-            )
-            if victim is not None:
-                self._remove(victim, "evicted")
-                self._spawning += 1
-                return None
+            if handed or not (self._waiters or self._handoffs):
+                taken = self._take(spec)
+                if taken is not _NOTHING:
+                    if handed:
+                        self._handoffs -= 1
+                    return taken  # type: ignore[return-value]
             waiter: asyncio.Future[None] = loop.create_future()
-            self._waiters.append(waiter)
+            if handed:  # a spurious wake-up: keep our place at the head of the queue
+                self._handoffs -= 1
+                self._waiters.appendleft(waiter)
+            else:
+                self._waiters.append(waiter)
             try:
                 await asyncio.wait({waiter, inv.canceled}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                if waiter in self._waiters:
+            except BaseException:
+                if waiter.done() and not waiter.cancelled():
+                    self._pass_handoff()
+                elif waiter in self._waiters:
                     self._waiters.remove(waiter)
+                raise
+            handed = waiter.done() and not waiter.cancelled()
+            if not handed and waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+    def _take(self, spec: FunctionSpec) -> _Worker | object | None:
+        """A warm worker of ``spec``, None for a reserved spawn slot, or _NOTHING."""
+        key = (spec.urn, spec.code_digest)
+        idle = self._idle.get(key)
+        while idle:
+            worker = idle.pop()  # most recently used: lets the others age out
+            if not idle:
+                del self._idle[key]
+            if not worker.exited.done():
+                worker.busy = True
+                return worker
+            self._remove(worker, "exited")
+            idle = self._idle.get(key)
+        if len(self._workers) + self._spawning < self._max_workers:
+            self._spawning += 1
+            return None
+        victim = min((w for ws in self._idle.values() for w in ws), key=lambda w: w.last_used, default=None)
+        if victim is not None:
+            self._remove(victim, "evicted")
+            self._spawning += 1
+            return None
+        return _NOTHING
+
+    def _pass_handoff(self) -> None:
+        """We were handed a worker/slot but leave without it: hand it to the next waiter."""
+        self._handoffs -= 1
+        self._wake()
 
     def _retire_other_digests(self, urn: str, digest: str) -> None:
         for worker in list(self._workers):
@@ -784,9 +829,13 @@ class PythonRuntime:
             self._remove(worker, "exited")
 
     def _wake(self) -> None:
-        for waiter in self._waiters:
+        """A worker or slot may have freed up: hand it to the oldest waiter."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
+                self._handoffs += 1
+                return
 
     async def _reap(self, worker: _Worker) -> None:
         with contextlib.suppress(TimeoutError):
@@ -814,7 +863,7 @@ class PythonRuntime:
         home = ""
         try:
             # mkdtemp and pipe() are single cheap syscalls; no thread hop needed.
-            home = tempfile.mkdtemp(prefix="triggerbus-fn-")
+            home = tempfile.mkdtemp(prefix="triggerbus-fn-", dir=self._work_root)
             req_r, req_w = os.pipe()
             res_r, res_w = os.pipe()
             env = worker_env(

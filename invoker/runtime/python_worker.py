@@ -45,6 +45,7 @@ import json
 import os
 import select
 import sys
+import time
 
 from invoker.runtime.context import FunctionContext, FunctionInfo
 
@@ -277,10 +278,13 @@ class Worker:
         frame: dict[str, Any] = {"type": "result", "request_id": request_id, "seq": seq, "ok": False}
         body = b""
         peak_reset = _reset_peak_rss()
+        started = time.perf_counter()
         try:
             body, error, retire = self._run(request_id, float(header["deadline"]), payload)
         except Exception as exc:  # a bug on our side; never let it kill the worker silently
             error, retire = _error("system_error", f"worker failure: {exc!r}"), True
+        # Execution time as the function saw it; the parent's clock would add its own queueing.
+        frame["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
         self._end_of_request(seq)
         used_kb = _status_kb("VmHWM:" if peak_reset else "VmRSS:")
         frame["memory_used_mb"] = round(used_kb / 1024, 3)

@@ -109,6 +109,12 @@ async def test_sigkill_mid_stream_loses_no_accepted_invocation(tmp_path: Path) -
                                 pending.discard(rid)
                 if pending:
                     await asyncio.sleep(0.2)
+        if pending:
+            async with aiohttp.ClientSession(headers={"X-Auth-Token": TOKEN}) as http:
+                for rid in list(pending)[:5]:
+                    async with http.get(f"{fgs}/{urn}/async-invocations/{rid}") as resp:
+                        print("PENDING", resp.status, (await resp.text())[:600])
+            print(log.read_text()[-5000:])
         assert not pending, f"{len(pending)} accepted invocations never finished"
         assert set(statuses.values()) == {"SUCCESS"}
         runs = ledger.read_text().split()
@@ -118,6 +124,11 @@ async def test_sigkill_mid_stream_loses_no_accepted_invocation(tmp_path: Path) -
         # At-least-once: only the (at most 4) invocations running at the kill may run twice.
         assert duplicates <= 4, f"{duplicates} duplicate runs"
         print(json.dumps({"accepted": len(accepted), "ran_before_kill": ran_before, "duplicates": duplicates}))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+        # Worker home directories of the killed process were cleared at restart, and the
+        # clean stop removed the rest.
+        assert list((data_dir / "workers").iterdir()) == []
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)

@@ -700,3 +700,28 @@ async def test_close_fails_running_invocations_cleanly(make_fn: MakeFn) -> None:
     assert result.error is not None and result.error.category is ErrorCategory.SYSTEM_ERROR
     after = await rt.invoke(spec, req("req-after-close"))
     assert after.error is not None and after.error.category is ErrorCategory.SYSTEM_ERROR
+
+
+async def test_a_busy_caller_cannot_starve_queued_ones(make_fn: MakeFn) -> None:
+    """One worker; a caller invoking back to back must not keep taking it from those queued."""
+    rt = PythonRuntime(max_workers=1)
+    try:
+        spec = make_fn("import time\ndef handler(event, context):\n    time.sleep(0.02)\n    return event\n")
+        assert (await rt.invoke(spec, req("warm", 0))).ok
+        finished: list[str] = []
+
+        async def greedy() -> None:
+            for i in range(15):
+                assert (await rt.invoke(spec, req(f"g{i}", i))).ok
+                finished.append(f"g{i}")
+
+        async def polite(name: str) -> None:
+            await asyncio.sleep(0.01)  # queue up while greedy holds the worker
+            assert (await rt.invoke(spec, req(name, name))).ok
+            finished.append(name)
+
+        await asyncio.gather(greedy(), polite("p1"), polite("p2"))
+        # Served in turn: both queued callers finish long before greedy's 15th call.
+        assert finished.index("p1") < 5 and finished.index("p2") < 5, finished
+    finally:
+        await assert_closes_cleanly(rt)
