@@ -33,7 +33,7 @@ from invoker.concurrency import ConcurrencyLimiter
 from invoker.destinations import CONDITIONS, EVENT_AGE_EXCEEDED, build_event, plan_delivery
 from invoker.dispatcher import Dispatcher
 from invoker.envelope import DEADLETTER_TOPIC, INVOCATIONS_TOPIC, InvocationEnvelope
-from invoker.records import Attempt, Record, RecordStore
+from invoker.records import Attempt, Record, RecordState, RecordStore
 from invoker.registry import FunctionDirectory, ResolvedFunction
 from invoker.retry import RetryPolicy
 from invoker.runtime.base import ERROR_CODES, ErrorCategory, InvocationRequest, InvocationResult
@@ -165,19 +165,21 @@ class AsyncInvoker:
     # -- one invocation -------------------------------------------------------------------
 
     async def _process(self, env: InvocationEnvelope) -> None:
-        record = await self.records.get_record(env.request_id)
+        record = await self.records.record_state(env.request_id)
         if record is None:
-            record = Record(
-                request_id=env.request_id,
-                function_urn=env.function_urn,
-                created=env.enqueued_at,
-                trigger_id=env.trigger_id,
-                trigger_type=env.trigger_type,
-                source=env.source,
-                redrive_of=env.redrive_of,
-                payload=env.payload.encode(),
+            await self.records.insert_record(
+                Record(
+                    request_id=env.request_id,
+                    function_urn=env.function_urn,
+                    created=env.enqueued_at,
+                    trigger_id=env.trigger_id,
+                    trigger_type=env.trigger_type,
+                    source=env.source,
+                    redrive_of=env.redrive_of,
+                    payload=env.payload.encode(),
+                )
             )
-            await self.records.insert_record(record)
+            record = RecordState(AsyncStatus.WAIT, 0, "")
         elif record.status.terminal:
             self.stats["duplicates"] += 1
             return

@@ -81,6 +81,15 @@ def fg_time(ts: float | None) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
+@dataclass(frozen=True, slots=True)
+class RecordState:
+    """The few fields the invoker checks before each attempt (no payloads read)."""
+
+    status: AsyncStatus
+    attempts: int
+    error_message: str
+
+
 @dataclass(slots=True)
 class RecordQuery:
     function_urn: str
@@ -100,6 +109,8 @@ class RecordStore(Protocol):
         ...
 
     async def get_record(self, request_id: str) -> Record | None: ...
+
+    async def record_state(self, request_id: str) -> RecordState | None: ...
 
     async def update_record(self, request_id: str, **fields: Any) -> None:
         """Set the given fields (names as in :class:`Record`)."""

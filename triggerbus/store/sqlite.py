@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from bus.sqlitedb import Database
-from invoker.records import PAYLOAD_KEEP_BYTES, RESPONSE_KEEP_BYTES, Attempt, Record, RecordQuery
+from invoker.records import PAYLOAD_KEEP_BYTES, RESPONSE_KEEP_BYTES, Attempt, Record, RecordQuery, RecordState
 from schemas.async_config import AsyncInvokeConfig
 from schemas.records import AsyncStatus
 from triggerbus.store.models import StoredFunction, StoredTrigger
@@ -345,6 +345,14 @@ class SQLiteStore:
             lambda c: c.execute("SELECT * FROM records WHERE request_id = ?", (request_id,)).fetchone()
         )
         return _row_to_record(row) if row else None
+
+    async def record_state(self, request_id: str) -> RecordState | None:
+        row = await self.db.read(
+            lambda c: c.execute(
+                "SELECT status, attempts, error_message FROM records WHERE request_id = ?", (request_id,)
+            ).fetchone()
+        )
+        return RecordState(AsyncStatus(row["status"]), row["attempts"], row["error_message"]) if row else None
 
     @staticmethod
     def _update_sql(fields: dict[str, Any]) -> tuple[str, list[Any]]:
