@@ -96,5 +96,9 @@ class Bus(abc.ABC):
         """Messages per partition not yet committed by ``group`` (delayed messages excluded)."""
 
     @abc.abstractmethod
+    async def topics(self) -> list[str]:
+        """Every topic that has ever had a message."""
+
+    @abc.abstractmethod
     async def pending_delayed(self, topic: str) -> int:
         """Messages waiting for their ``deliver_at``."""

@@ -76,6 +76,9 @@ class MemoryBus(Bus):
             p: len(self.log[(topic, p)]) - 1 - self.committed.get((group, topic, p), -1) for p in range(self.partitions)
         }
 
+    async def topics(self) -> list[str]:
+        return sorted({topic for topic, _ in self.log})
+
     async def pending_delayed(self, topic: str) -> int:
         return self._delayed[topic]
 

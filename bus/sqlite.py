@@ -244,6 +244,9 @@ class SQLiteBus(Bus):
         self._advance_high_water(appended)
         return moved, next_due
 
+    async def topics(self) -> list[str]:
+        return sorted(self._partitions)
+
     async def pending_delayed(self, topic: str) -> int:
         row = await self.db.read(
             lambda c: c.execute("SELECT COUNT(*) AS n FROM bus_delayed WHERE topic = ?", (topic,)).fetchone()

@@ -12,9 +12,11 @@ message whose record is already terminal is skipped, which turns most replays
 into no-ops.
 
 A function at its instance limit must not stall other functions behind it. The
-invoker keeps at most ``park_threshold`` waiting events per function in memory;
-beyond that it *parks* events: re-publishes them with a delay sized to when a
-slot is likely free, and acks them. Nothing waits on the partition.
+invoker keeps at most ``overflow_threshold`` waiting events per function in memory;
+beyond that it moves the function's events to its own *overflow lane* (a bus topic
+per function, written once, read in order) and acks them. The lane is consumed with
+an in-flight budget of twice the function's instances, so it is drained exactly as
+fast as the function completes work, and the shared topic never waits on it.
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from bus.aio import Background, stop_tasks
-from bus.base import Bus, Message, Outgoing
+from bus.base import Bus, Message, Outgoing, Subscription
 from invoker.age import expired, expires_before
 from invoker.completion import Completion, CompletionHub
 from invoker.concurrency import ConcurrencyLimiter
@@ -41,9 +44,19 @@ from schemas.records import AsyncStatus
 
 log = logging.getLogger(__name__)
 
+LANE_PREFIX = "tb.lane."
+
 FUNCTION_NOT_FOUND = 4404
 EVENT_AGE_CODE = 4408
 ASYNC_RESULT_LIMIT = 256 * 1024  # FunctionGraph: async results over 256 KB are reported empty
+
+
+@dataclass(slots=True)
+class _Lane:
+    topic: str
+    sub: Subscription
+    task: asyncio.Task[None] | None = None
+    pending: int = 0  # published to the lane and not yet handled
 
 
 class AsyncInvoker:
@@ -59,7 +72,7 @@ class AsyncInvoker:
         retry: RetryPolicy | None = None,
         group: str = "invoker",
         max_in_flight: int = 4096,
-        park_threshold: int = 64,
+        overflow_threshold: int = 64,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.bus = bus
@@ -71,15 +84,11 @@ class AsyncInvoker:
         self.retry = retry or RetryPolicy()
         self.group = group
         self.max_in_flight = max_in_flight
-        self.park_threshold = park_threshold
+        self.overflow_threshold = overflow_threshold
         self.clock = clock
         self._task: asyncio.Task[None] | None = None
         self._handlers = Background()
-        # Per function: smoothed time between two completions (its real throughput, whatever
-        # limits it: instances, the worker pool, the function itself) and the last completion.
-        self._completion_gap_s: dict[str, float] = {}
-        self._last_completion: dict[str, float] = {}
-        self._park_horizon: dict[str, float] = {}  # per function: when the last parked event is due
+        self._lanes: dict[str, _Lane] = {}  # overflow lanes by qualified function URN
         self._active: set[tuple[str, int]] = set()  # (request id, attempt) being processed here
         self.stats: dict[str, int] = {
             "invocations": 0,
@@ -88,28 +97,38 @@ class AsyncInvoker:
             "discarded": 0,
             "retries": 0,
             "duplicates": 0,
-            "parked": 0,
+            "overflowed": 0,
             "deadletters": 0,
         }
 
     async def start(self) -> None:
         self._sub = self.bus.subscribe(self.group, [INVOCATIONS_TOPIC], max_in_flight=self.max_in_flight)
-        self._task = asyncio.create_task(self._loop(), name="async-invoker")
+        self._task = asyncio.create_task(self._consume(self._sub, None), name="async-invoker")
+        for topic in await self.bus.topics():  # lanes with a backlog from before a restart
+            if topic.startswith(LANE_PREFIX):
+                backlog = sum((await self.bus.lag(self.group, topic)).values())
+                if backlog:
+                    urn = topic[len(LANE_PREFIX) :]
+                    resolved = await self.directory.resolve(urn)
+                    self._lane(urn, resolved.spec.max_instances if resolved else 1).pending = backlog
 
     async def close(self) -> None:
-        await stop_tasks(self._task)
+        await stop_tasks(self._task, *(lane.task for lane in self._lanes.values()))
         self._task = None
         await self._handlers.stop()
         await self._sub.close()
+        for lane in self._lanes.values():
+            await lane.sub.close()
+        self._lanes.clear()
 
     @property
     def in_flight(self) -> int:
         return len(self._handlers)
 
-    async def _loop(self) -> None:
+    async def _consume(self, sub: Subscription, lane: _Lane | None) -> None:
         while True:
             try:
-                messages = await self._sub.fetch(256, 1.0)
+                messages = await sub.fetch(256, 1.0)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -117,23 +136,40 @@ class AsyncInvoker:
                 await asyncio.sleep(1.0)
                 continue
             for message in messages:
-                self._handlers.spawn(self._handle(message))
+                self._handlers.spawn(self._handle(message, sub, lane))
 
-    async def _handle(self, message: Message) -> None:
+    def _lane(self, urn: str, max_instances: int) -> _Lane:
+        lane = self._lanes.get(urn)
+        if lane is None:
+            topic = LANE_PREFIX + urn
+            budget = max(4, min(256, 2 * max_instances))
+            sub = self.bus.subscribe(self.group, [topic], max_in_flight=budget)
+            lane = self._lanes[urn] = _Lane(topic, sub)
+            lane.task = asyncio.create_task(self._consume(sub, lane), name=f"lane-{urn}")
+        return lane
+
+    async def _handle(self, message: Message, sub: Subscription, lane: _Lane | None = None) -> None:
+        try:
+            await self._handle_message(message, sub, lane)
+        finally:
+            if lane is not None:
+                lane.pending -= 1
+
+    async def _handle_message(self, message: Message, sub: Subscription, lane: _Lane | None) -> None:
         try:
             envelope = InvocationEnvelope.from_bytes(message.value)
         except ValueError as exc:
-            await self._dead_letter(message, f"unreadable invocation envelope: {exc}")
+            await self._dead_letter(message, sub, f"unreadable invocation envelope: {exc}")
             return
         key = (envelope.request_id, envelope.attempt)
         if key in self._active:
             # The same attempt is already running here (a re-sent copy): one run is enough.
             self.stats["duplicates"] += 1
-            self._sub.ack(message)
+            sub.ack(message)
             return
         self._active.add(key)
         try:
-            await self._process(envelope)
+            await self._process(envelope, from_lane=lane is not None)
         except asyncio.CancelledError:
             raise  # shutting down: not acked, so it is redelivered after restart
         except Exception:
@@ -152,19 +188,19 @@ class AsyncInvoker:
                 return
         finally:
             self._active.discard(key)
-        self._sub.ack(message)
+        sub.ack(message)
 
-    async def _dead_letter(self, message: Message, reason: str) -> None:
+    async def _dead_letter(self, message: Message, sub: Subscription, reason: str) -> None:
         log.error("%s (%s/%s); moved to %s", reason, message.partition, message.offset, DEADLETTER_TOPIC)
         await self.bus.publish(
             Outgoing(DEADLETTER_TOPIC, message.value, headers={"from": message.topic, "reason": reason[:500]})
         )
         self.stats["deadletters"] += 1
-        self._sub.ack(message)
+        sub.ack(message)
 
     # -- one invocation -------------------------------------------------------------------
 
-    async def _process(self, env: InvocationEnvelope) -> None:
+    async def _process(self, env: InvocationEnvelope, *, from_lane: bool = False) -> None:
         record = await self.records.record_state(env.request_id)
         if record is None:
             await self.records.insert_record(
@@ -208,8 +244,8 @@ class AsyncInvoker:
         if expired(env, self.clock(), config.max_async_event_age_in_seconds):
             await self._discard_expired(env, resolved, record.error_message)
             return
-        if self.limiter.waiting(key) >= max(self.park_threshold, 2 * spec.max_instances):
-            await self._park(env, resolved)
+        if not from_lane and self._should_overflow(key, spec.max_instances):
+            await self._overflow(env, resolved)
             return
 
         async with self.limiter.slot(key, spec.max_instances):
@@ -224,7 +260,6 @@ class AsyncInvoker:
                 spec, InvocationRequest(env.request_id, env.payload.encode(), invoke_type="async")
             )
         self.stats["invocations"] += 1
-        self._learn_pace(key)
         attempt.end = self.clock()
         attempt.duration_ms = result.duration_ms
         attempt.memory_mb = result.memory_used_mb
@@ -272,32 +307,18 @@ class AsyncInvoker:
             return
         await self._finish(env, resolved, result, attempt, AsyncStatus.FAIL)
 
-    def _learn_pace(self, key: str) -> None:
-        now = self.clock()
-        last = self._last_completion.get(key)
-        self._last_completion[key] = now
-        if last is not None:
-            gap = min(10.0, max(0.0005, now - last))
-            old = self._completion_gap_s.get(key)
-            self._completion_gap_s[key] = gap if old is None else old * 0.9 + gap * 0.1
+    def _should_overflow(self, key: str, max_instances: int) -> bool:
+        lane = self._lanes.get(key)
+        if lane is not None and lane.pending > 0:
+            return True  # keep arrival order: behind what is already in the lane
+        return self.limiter.waiting(key) >= max(self.overflow_threshold, 2 * max_instances)
 
-    async def _park(self, env: InvocationEnvelope, resolved: ResolvedFunction) -> None:
-        """Requeue an event of a saturated function for about when a slot should be free.
-
-        Parked events get successive places on a per-function timeline, spaced by the
-        function's observed time between completions, so each is usually parked once and
-        they come back spread out, roughly in arrival order, instead of all at once.
-        """
-        key = resolved.spec.urn
-        now = self.clock()
-        per_event = self._completion_gap_s.get(key, 0.05)  # unknown yet: assume fast, learn soon
-        queue_drained = now + per_event * self.limiter.waiting(key)
-        due = min(max(queue_drained, self._park_horizon.get(key, 0.0)) + per_event, now + 60.0)
-        self._park_horizon[key] = due
-        await self.bus.publish(
-            Outgoing(INVOCATIONS_TOPIC, env.to_bytes(), key=env.function_urn, deliver_at=max(due, now + 0.05))
-        )
-        self.stats["parked"] += 1
+    async def _overflow(self, env: InvocationEnvelope, resolved: ResolvedFunction) -> None:
+        """Move an event of a saturated function to its lane (one durable write, then acked)."""
+        lane = self._lane(resolved.spec.urn, resolved.spec.max_instances)
+        await self.bus.publish(Outgoing(lane.topic, env.to_bytes(), key=env.function_urn))
+        lane.pending += 1
+        self.stats["overflowed"] += 1
 
     async def _discard_expired(self, env: InvocationEnvelope, resolved: ResolvedFunction, last_error: str) -> None:
         age = resolved.async_config.max_async_event_age_in_seconds

@@ -321,30 +321,33 @@ async def test_max_instances_bounds_concurrency_and_async_calls_wait(rig: Rig) -
     assert rig.runtime.peak == 2
 
 
-async def test_a_saturated_function_is_parked_and_does_not_starve_others(rig: Rig) -> None:
-    rig.invoker.park_threshold = 3
+async def test_a_saturated_function_overflows_to_its_lane_and_does_not_starve_others(rig: Rig) -> None:
+    rig.invoker.overflow_threshold = 3
     rig.directory.add(URN_A, max_instances=1)
     rig.directory.add(URN_B, max_instances=5)
-    slow_done: list[str] = []
+    order: list[str] = []
 
     def script(request: InvocationRequest) -> InvocationResult:
+        order.append(request.payload.decode())
         return ok(request)
 
     rig.runtime.script = script
     rig.runtime.delay = 0.05
-    slow = [await rig.submit(URN_A) for _ in range(12)]
-    fast = [await rig.submit(URN_B) for _ in range(5)]
+    slow = [await rig.submit(URN_A, payload=json.dumps({"a": i})) for i in range(12)]
+    fast = [await rig.submit(URN_B, payload=json.dumps({"b": i})) for i in range(5)]
     start = time.monotonic()
     for rid in fast:
         assert (await rig.until_terminal(rid)).status is AsyncStatus.SUCCESS
     fast_elapsed = time.monotonic() - start
     for rid in slow:
-        record = await rig.until_terminal(rid, timeout=30)
-        assert record.status is AsyncStatus.SUCCESS
-        slow_done.append(rid)
-    assert rig.invoker.stats["parked"] > 0
-    assert len(slow_done) == 12
-    assert fast_elapsed < 12 * 0.05  # B finished before A's backlog could have drained
+        assert (await rig.until_terminal(rid, timeout=30)).status is AsyncStatus.SUCCESS
+    assert rig.invoker.stats["overflowed"] > 0
+    assert fast_elapsed < 12 * 0.05  # B finished long before A's backlog could drain
+    a_order = [json.loads(p)["a"] for p in order if p.startswith('{"a"')]
+    assert sorted(a_order) == list(range(12))
+    assert len(rig.runtime.calls) == 17  # nothing ran twice
+    lane = f"tb.lane.{URN_A}"
+    assert len(rig.published(lane)) == rig.invoker.stats["overflowed"]  # one write per overflowed event
 
 
 async def test_malformed_messages_are_dead_lettered_and_do_not_block(rig: Rig) -> None:
