@@ -118,7 +118,7 @@ class ApigConnector(Connector):
                 continue
             other_method = str(other.event_data.get("req_method", "ANY")).upper()
             same_path = str(other.event_data.get("path", "")).rstrip("/") == path.rstrip("/")
-            if (same_path and "ANY" in (method, other_method)) or (same_path and method == other_method):
+            if same_path and (method == other_method or "ANY" in (method, other_method)):
                 raise conflict(f"event_data.path: {method} {path} is already published by trigger {other.trigger_id}")
         if str(data.get("auth", "IAM")).upper() == "APP":
             code = data.get("app_code")

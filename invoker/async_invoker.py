@@ -39,7 +39,7 @@ from invoker.envelope import DEADLETTER_TOPIC, INVOCATIONS_TOPIC, InvocationEnve
 from invoker.records import Attempt, Record, RecordState, RecordStore
 from invoker.registry import FunctionDirectory, ResolvedFunction
 from invoker.retry import RetryPolicy
-from invoker.runtime.base import ERROR_CODES, ErrorCategory, InvocationRequest, InvocationResult
+from invoker.runtime.base import ErrorCategory, InvocationRequest, InvocationResult
 from schemas.records import AsyncStatus
 
 log = logging.getLogger(__name__)
@@ -436,6 +436,3 @@ def _message(result: InvocationResult) -> str:
     if error.category is ErrorCategory.CODE_EXCEPTION and error.error_type:
         return f"{error.error_type}: {error.message}"[:2000]
     return error.message[:2000]
-
-
-__all__ = ["ERROR_CODES", "AsyncInvoker"]

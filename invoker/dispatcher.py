@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Mapping
@@ -64,6 +65,4 @@ class Dispatcher:
 
 
 def _error_body(error: InvocationError) -> bytes:
-    import json
-
     return json.dumps(error.as_payload()).encode()

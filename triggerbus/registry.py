@@ -10,6 +10,7 @@ import asyncio
 import base64
 import binascii
 import hashlib
+import json
 import os
 import shutil
 import time
@@ -26,7 +27,7 @@ from schemas.async_config import (
     DestinationKind,
     FuncAsyncDestinationConfig,
 )
-from schemas.errors import FSSError, bad_request, conflict, not_found
+from schemas.errors import bad_request, conflict, not_found
 from schemas.functions import (
     HTTP_RUNTIME,
     CreateFunctionRequest,
@@ -239,8 +240,6 @@ class FunctionRegistry:
     # -- views ---------------------------------------------------------------------------------------
 
     def to_config(self, fn: StoredFunction) -> FunctionConfig:
-        import json
-
         return FunctionConfig(
             func_urn=fn.qualified_urn,
             func_name=fn.name,
@@ -308,6 +307,3 @@ class FunctionRegistry:
         """Forget cached views of a function that changed."""
         self._cache.pop(unqualified_urn, None)
         self._stored.pop(unqualified_urn, None)
-
-
-__all__ = ["FSSError", "FunctionRegistry"]

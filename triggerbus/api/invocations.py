@@ -8,7 +8,7 @@ import json
 from aiohttp import web
 
 from invoker.runtime.base import ErrorCategory, InvocationResult
-from schemas.errors import FSSError, internal, throttled
+from schemas.errors import internal, throttled
 from schemas.records import StopAsyncInvocationRequest
 from triggerbus.api.common import json_response, parse_json, read_body, read_model, service
 
@@ -88,6 +88,3 @@ def add_routes(router: web.UrlDispatcher) -> None:
     router.add_post(BASE + "/invocations", invoke_sync)
     router.add_post(BASE + "/invocations-async", invoke_async)
     router.add_post(BASE + "/cancel", cancel)
-
-
-__all__ = ["FSSError", "add_routes"]
