@@ -21,7 +21,9 @@ from typing import Any, ClassVar, Protocol
 
 from bus.base import Bus
 from invoker.completion import CompletionHub
+from invoker.ingest import Ingest
 from invoker.runtime.base import InvocationResult
+from schemas.errors import bad_request
 
 
 @dataclass(slots=True)
@@ -81,6 +83,12 @@ class TriggerStateStore(Protocol):
         """Fires claimed after ``since`` whose invocation never got a record (crash between)."""
         ...
 
+    async def get_checkpoint(self, trigger_id: str, name: str) -> Any: ...
+
+    async def put_checkpoint(self, trigger_id: str, name: str, value: Any) -> None: ...
+
+    async def audit(self, action: str, resource: str, detail: dict[str, Any]) -> None: ...
+
 
 @dataclass(slots=True)
 class ConnectorContext:
@@ -88,11 +96,13 @@ class ConnectorContext:
     state: TriggerStateStore
     invocations: Invocations
     completion: CompletionHub
+    ingest: Ingest
     region: str
     default_tz: str
     node_id: str  # identifies this service process (lease owner)
     public_url: str = ""  # base URL clients reach this service at
     auth_token: str = ""  # the management token (APIG "IAM" auth accepts it)
+    options: dict[str, Any] = field(default_factory=dict)  # connector settings of this service
 
 
 class Connector(abc.ABC):
@@ -122,3 +132,11 @@ class Connector(abc.ABC):
     def status(self, trigger_id: str) -> dict[str, Any]:
         """Operator-facing state of one active trigger (position, next fire, last error)."""
         return {}
+
+    async def get_checkpoint(self, trigger: TriggerSpec) -> dict[str, Any]:
+        """Where the trigger reads its source (offsets, resume token ...)."""
+        raise bad_request(f"{trigger.trigger_type} triggers have no checkpoint")
+
+    async def set_checkpoint(self, trigger: TriggerSpec, body: dict[str, Any]) -> dict[str, Any]:
+        """Move the source position of a DISABLED trigger; returns the new checkpoint."""
+        raise bad_request(f"{trigger.trigger_type} triggers have no checkpoint to set")

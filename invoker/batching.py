@@ -27,7 +27,7 @@ from typing import Any
 
 from bus.aio import Background, stop_tasks
 from bus.base import Bus, Message, Outgoing
-from invoker.completion import Completion, CompletionHub
+from invoker.completion import CompletionHub
 from invoker.envelope import (
     DEADLETTER_TOPIC,
     INVOCATIONS_TOPIC,
@@ -36,14 +36,13 @@ from invoker.envelope import (
     StreamItem,
     new_request_id,
 )
-from invoker.records import Record, RecordStore
+from invoker.ingest import ASSEMBLY_FAILED_CODE, OVERSIZED_CODE, reject_items, summarize_sources
+from invoker.records import RecordStore
 from schemas.records import AsyncStatus
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH_BYTES = 6 * 1024 * 1024
-OVERSIZED_CODE = 4413
-ASSEMBLY_FAILED_CODE = 4400
 
 Assembler = Callable[[list[StreamItem]], Any]
 _ASSEMBLERS: dict[str, Assembler] = {}
@@ -59,17 +58,6 @@ def assembler_for(trigger_type: str) -> Assembler:
         return _ASSEMBLERS[trigger_type]
     except KeyError:
         raise LookupError(f"no batch assembler is registered for trigger type {trigger_type}") from None
-
-
-def summarize_sources(items: list[StreamItem]) -> dict[str, Any]:
-    """The batch's source coordinates: the first item's, plus ``last_*`` of the last item's."""
-    first = dict(items[0].source)
-    if len(items) > 1:
-        for name, value in items[-1].source.items():
-            if first.get(name) != value:
-                first[f"last_{name}"] = value
-    first["count"] = len(items)
-    return first
 
 
 @dataclass(slots=True)
@@ -208,27 +196,9 @@ class Batcher:
         self, entries: list[tuple[Message, StreamItem]], status: AsyncStatus, code: int, reason: str
     ) -> None:
         """Record why these items will never be invoked, tell the connector, move on."""
-        items = [item for _, item in entries]
-        first = items[0]
-        request_id = new_request_id()
-        now = time.time()
-        await self.records.insert_record(
-            Record(
-                request_id=request_id,
-                function_urn=first.function_urn,
-                status=status,
-                created=now,
-                end_time=now,
-                error_code=code,
-                error_message=reason,
-                trigger_id=first.trigger_id,
-                trigger_type=first.trigger_type,
-                source=summarize_sources(items),
-                condition="RecordRejected",
-            )
+        await reject_items(
+            self.records, self.completion, [item for _, item in entries], status=status, code=code, reason=reason
         )
-        log.warning("trigger %s: %s", first.trigger_id, reason)
-        self.rejected += len(items)
-        self.completion.done(Completion(request_id, first.trigger_id, tuple(i.item_id for i in items), status))
+        self.rejected += len(entries)
         for message, _ in entries:
             self._sub.ack(message)

@@ -16,7 +16,7 @@ from schemas.errors import bad_request, not_found, throttled
 from schemas.records import AsyncStatus
 from schemas.urn import FunctionUrn
 from triggerbus.registry import FunctionRegistry
-from triggerbus.store.sqlite import SQLiteStore
+from triggerbus.store.base import Store
 
 CANCELED_MESSAGE = "function invocation canceled"
 
@@ -25,7 +25,7 @@ class InvocationService:
     def __init__(
         self,
         bus: Bus,
-        store: SQLiteStore,
+        store: Store,
         registry: FunctionRegistry,
         dispatcher: Dispatcher,
         limiter: ConcurrencyLimiter,

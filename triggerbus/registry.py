@@ -37,8 +37,8 @@ from schemas.functions import (
 )
 from schemas.urn import FunctionUrn
 from triggerbus.secrets import SecretBox
+from triggerbus.store.base import Store
 from triggerbus.store.models import StoredFunction
-from triggerbus.store.sqlite import SQLiteStore
 
 
 def iso_local(ts: float) -> str:
@@ -53,7 +53,7 @@ def fg_modified(ts: float) -> str:
 class FunctionRegistry:
     def __init__(
         self,
-        store: SQLiteStore,
+        store: Store,
         secrets: SecretBox,
         code_root: Path,
         region: str,

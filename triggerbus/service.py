@@ -29,6 +29,7 @@ from invoker.completion import CompletionHub
 from invoker.concurrency import ConcurrencyLimiter
 from invoker.destinations import DestinationSink, DestinationWorker
 from invoker.dispatcher import Dispatcher
+from invoker.ingest import Ingest
 from invoker.obs_sink import OBSSink
 from invoker.retry import RetryPolicy
 from invoker.runtime.http_runtime import HttpRuntime
@@ -128,6 +129,7 @@ class Service:
             state=self.store,
             invocations=self.invocations,
             completion=self.completion,
+            ingest=Ingest(self.bus, self.store, self.completion),
             region=s.region,
             default_tz=s.timezone,
             node_id=s.node_id,

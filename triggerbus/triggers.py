@@ -24,8 +24,8 @@ from schemas.triggers import (
 )
 from triggerbus.registry import FunctionRegistry
 from triggerbus.secrets import SecretBox
+from triggerbus.store.base import Store
 from triggerbus.store.models import StoredFunction, StoredTrigger
-from triggerbus.store.sqlite import SQLiteStore
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def fg_time(ts: float) -> str:
 
 
 class TriggerManager:
-    def __init__(self, store: SQLiteStore, secrets: SecretBox, registry: FunctionRegistry) -> None:
+    def __init__(self, store: Store, secrets: SecretBox, registry: FunctionRegistry) -> None:
         self.store = store
         self.secrets = secrets
         self.registry = registry

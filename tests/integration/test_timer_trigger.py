@@ -23,6 +23,7 @@ from bus.sqlitedb import Database
 from connectors.base import ConnectorContext, TriggerSpec
 from connectors.timer import TimerConnector, fire_request_id
 from invoker.completion import CompletionHub
+from invoker.ingest import Ingest
 from invoker.records import Record
 from tests.integration.conftest import ROOT, Harness, make_settings, running
 from triggerbus.store.sqlite import SQLiteStore
@@ -52,11 +53,13 @@ class TimerRig:
     recorder: Recorder
 
     def connector(self, node: str = "n1", **kw: Any) -> TimerConnector:
+        bus, completion = MemoryBus(), CompletionHub()
         ctx = ConnectorContext(
-            bus=MemoryBus(),
+            bus=bus,
             state=self.store,
             invocations=self.recorder,
-            completion=CompletionHub(),
+            completion=completion,
+            ingest=Ingest(bus, self.store, completion),
             region="local",
             default_tz="UTC",
             node_id=node,

@@ -20,6 +20,7 @@ from bus.sqlitedb import Database
 from connectors.base import ConnectorContext, TriggerSpec
 from connectors.timer import TimerConnector
 from invoker.completion import CompletionHub
+from invoker.ingest import Ingest
 from invoker.records import Record
 from invoker.runtime.base import InvocationResult
 from triggerbus.store.sqlite import SQLiteStore
@@ -48,11 +49,14 @@ async def main() -> None:
     await db.open()
     store = SQLiteStore(db)
     await store.start()
+    bus = MemoryBus()
+    completion = CompletionHub()
     ctx = ConnectorContext(
-        bus=MemoryBus(),
+        bus=bus,
         state=store,
         invocations=RecordingInvocations(store, Path(log_path), node),
-        completion=CompletionHub(),
+        completion=completion,
+        ingest=Ingest(bus, store, completion),
         region="local",
         default_tz="UTC",
         node_id=node,

@@ -103,6 +103,13 @@ CREATE TABLE IF NOT EXISTS timer_fires(
     created REAL NOT NULL,
     PRIMARY KEY(trigger_id, scheduled)
 );
+CREATE TABLE IF NOT EXISTS checkpoints(
+    trigger_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value TEXT NOT NULL,
+    updated REAL NOT NULL,
+    PRIMARY KEY(trigger_id, name)
+);
 CREATE TABLE IF NOT EXISTS audit(
     id INTEGER PRIMARY KEY,
     ts REAL NOT NULL,
@@ -198,6 +205,9 @@ class SQLiteStore:
     async def start(self) -> None:
         await self.db.migrate([SCHEMA])
 
+    async def close(self) -> None:
+        return None  # the Database is shared with the bus; its owner closes it
+
     # -- functions ---------------------------------------------------------------------------
 
     async def put_function(self, fn: StoredFunction, *, create: bool) -> bool:
@@ -229,10 +239,6 @@ class SQLiteStore:
             return [StoredFunction.model_validate_json(r["doc"]) for r in rows], int(count)
 
         return await self.db.read(run)
-
-    async def all_functions(self) -> list[StoredFunction]:
-        rows = await self.db.read(lambda c: c.execute("SELECT doc FROM functions").fetchall())
-        return [StoredFunction.model_validate_json(r["doc"]) for r in rows]
 
     async def delete_function(self, urn: str) -> bool:
         def run(conn: sqlite3.Connection) -> bool:
@@ -291,6 +297,7 @@ class SQLiteStore:
         def run(conn: sqlite3.Connection) -> bool:
             cur = conn.execute("DELETE FROM triggers WHERE trigger_id = ?", (trigger_id,))
             conn.execute("DELETE FROM timer_state WHERE trigger_id = ?", (trigger_id,))
+            conn.execute("DELETE FROM checkpoints WHERE trigger_id = ?", (trigger_id,))
             return cur.rowcount == 1
 
         return await self.db.write(run)
@@ -473,25 +480,6 @@ class SQLiteStore:
 
         return await self.db.read(run)
 
-    async def records_in_status(self, statuses: list[AsyncStatus], limit: int) -> list[Record]:
-        marks = ", ".join("?" * len(statuses))
-        rows = await self.db.read(
-            lambda c: c.execute(
-                f"SELECT * FROM records WHERE status IN ({marks}) ORDER BY created LIMIT ?",
-                (*[s.value for s in statuses], limit),
-            ).fetchall()
-        )
-        return [_row_to_record(r) for r in rows]
-
-    async def count_records(self, function_urn: str) -> dict[str, int]:
-        rows = await self.db.read(
-            lambda c: c.execute(
-                "SELECT status, COUNT(*) AS n FROM records WHERE function_urn = ? GROUP BY status",
-                (function_urn,),
-            ).fetchall()
-        )
-        return {r["status"]: r["n"] for r in rows}
-
     async def purge_records(self, older_than: float) -> int:
         """Retention: drop terminal records (and their attempts) created before ``older_than``."""
 
@@ -542,10 +530,6 @@ class SQLiteStore:
         )
         return (row["last_fire"], row["next_fire"]) if row else (None, None)
 
-    async def all_timer_states(self) -> dict[str, tuple[float | None, float | None]]:
-        rows = await self.db.read(lambda c: c.execute("SELECT * FROM timer_state").fetchall())
-        return {r["trigger_id"]: (r["last_fire"], r["next_fire"]) for r in rows}
-
     async def set_timer_next(self, trigger_id: str, next_fire: float | None) -> None:
         await self.db.write(
             lambda c: c.execute(
@@ -580,15 +564,6 @@ class SQLiteStore:
 
         return await self.db.write(run)
 
-    async def timer_fires(self, trigger_id: str) -> list[tuple[float, str, str]]:
-        rows = await self.db.read(
-            lambda c: c.execute(
-                "SELECT scheduled, request_id, fired_by FROM timer_fires WHERE trigger_id = ? ORDER BY scheduled",
-                (trigger_id,),
-            ).fetchall()
-        )
-        return [(r["scheduled"], r["request_id"], r["fired_by"]) for r in rows]
-
     async def unsent_timer_fires(self, since: float) -> list[tuple[str, float, str]]:
         rows = await self.db.read(
             lambda c: c.execute(
@@ -602,6 +577,28 @@ class SQLiteStore:
 
     async def purge_timer_fires(self, older_than: float) -> None:
         await self.db.write(lambda c: c.execute("DELETE FROM timer_fires WHERE created < ?", (older_than,)))
+
+    # -- connector checkpoints (resume tokens, requested offset resets ...) -----------------------
+
+    async def get_checkpoint(self, trigger_id: str, name: str) -> Any:
+        row = await self.db.read(
+            lambda c: c.execute(
+                "SELECT value FROM checkpoints WHERE trigger_id = ? AND name = ?", (trigger_id, name)
+            ).fetchone()
+        )
+        return json.loads(row["value"]) if row else None
+
+    async def put_checkpoint(self, trigger_id: str, name: str, value: Any) -> None:
+        await self.db.write(
+            lambda c: c.execute(
+                "INSERT INTO checkpoints(trigger_id, name, value, updated) VALUES (?,?,?,?) "
+                "ON CONFLICT(trigger_id, name) DO UPDATE SET value = excluded.value, updated = excluded.updated",
+                (trigger_id, name, json.dumps(value), time.time()),
+            )
+        )
+
+    async def delete_checkpoints(self, trigger_id: str) -> None:
+        await self.db.write(lambda c: c.execute("DELETE FROM checkpoints WHERE trigger_id = ?", (trigger_id,)))
 
     # -- audit ----------------------------------------------------------------------------------------
 
