@@ -72,11 +72,16 @@ class TimerConnector(Connector):
         self,
         ctx: ConnectorContext,
         *,
-        lease_ttl: float = 10.0,
-        misfire_policy: str = "fire_once",
-        catchup_window: float = 300.0,
+        lease_ttl: float | None = None,
+        misfire_policy: str | None = None,
+        catchup_window: float | None = None,
     ) -> None:
         super().__init__(ctx)
+        options = ctx.options
+        lease_ttl = lease_ttl if lease_ttl is not None else float(options.get("timer_lease_ttl_s", 10.0))
+        misfire_policy = misfire_policy or str(options.get("timer_misfire_policy", "fire_once"))
+        if catchup_window is None:
+            catchup_window = float(options.get("timer_catchup_window_s", 300.0))
         if misfire_policy not in MISFIRE_POLICIES:
             raise ValueError(f"misfire_policy must be one of {MISFIRE_POLICIES}, not {misfire_policy!r}")
         self.lease_ttl = lease_ttl

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import socket
@@ -42,6 +43,11 @@ class Settings:
     max_async_body: int = 256 * 1024
     max_api_body: int = 60 * 1024 * 1024  # function create: 40 MB zip as base64
     invoker_max_in_flight: int = 4096
+    # DMS-style KAFKA triggers name an instance; map instance ids to bootstrap servers:
+    # TRIGGERBUS_KAFKA_INSTANCES='{"81335d56-...": "broker1:9092,broker2:9092"}'
+    kafka_instances: dict[str, str] = field(
+        default_factory=lambda: json.loads(_env("TRIGGERBUS_KAFKA_INSTANCES", "{}"))
+    )
 
     def base_url(self) -> str:
         if self.public_url:

@@ -15,7 +15,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from bus.aio import stop_tasks
 from bus.sqlite import SQLiteBus
@@ -37,6 +37,7 @@ from invoker.runtime.python_runtime import PythonRuntime
 from schemas.async_config import DestinationKind
 from triggerbus.config import Settings
 from triggerbus.invocations import InvocationService
+from triggerbus.plugins import CONNECTOR_CLASSES
 from triggerbus.registry import FunctionRegistry
 from triggerbus.secrets import SecretBox
 from triggerbus.store.sqlite import SQLiteStore
@@ -135,16 +136,11 @@ class Service:
             node_id=s.node_id,
             public_url=s.base_url(),
             auth_token=self.token,
+            options=self._options(),
         )
-        self.timer = TimerConnector(
-            ctx,
-            lease_ttl=s.timer_lease_ttl_s,
-            misfire_policy=s.timer_misfire_policy,
-            catchup_window=s.timer_catchup_window_s,
-        )
-        self.apig = ApigConnector(ctx)
+        self.connectors = [cls(ctx) for cls in CONNECTOR_CLASSES]
         self.triggers = TriggerManager(self.store, self.secrets, self.registry)
-        for connector in (self.timer, self.apig):
+        for connector in self.connectors:
             self.triggers.register(connector)
             await connector.start()
 
@@ -155,6 +151,23 @@ class Service:
         self._housekeeping = asyncio.create_task(self._housekeep(), name="housekeeping")
         self.started_at = time.time()
         log.info("service started: %d active triggers, data dir %s", active, s.data_dir)
+
+    def _options(self) -> dict[str, Any]:
+        s = self.settings
+        return {
+            "timer_lease_ttl_s": s.timer_lease_ttl_s,
+            "timer_misfire_policy": s.timer_misfire_policy,
+            "timer_catchup_window_s": s.timer_catchup_window_s,
+            "kafka_instances": s.kafka_instances,
+        }
+
+    @property
+    def apig(self) -> ApigConnector:
+        return next(c for c in self.connectors if isinstance(c, ApigConnector))
+
+    @property
+    def timer(self) -> TimerConnector:
+        return next(c for c in self.connectors if isinstance(c, TimerConnector))
 
     def _own_urls(self) -> tuple[str, ...]:
         s = self.settings
@@ -177,8 +190,7 @@ class Service:
     async def close(self) -> None:
         await stop_tasks(self._housekeeping)
         for closer in (
-            self.timer.close,
-            self.apig.close,
+            *(c.close for c in self.connectors),
             self.invoker.close,
             self.batcher.close,
             self.destinations.close,

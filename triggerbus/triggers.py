@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from connectors.base import Connector, TriggerSpec
-from schemas.errors import FSSError, bad_request, not_found, validation_failed
+from schemas.errors import FSSError, bad_request, conflict, not_found, validation_failed
 from schemas.triggers import (
     SECRET_FIELDS,
     TriggerStatus,
@@ -194,6 +194,25 @@ class TriggerManager:
                 await connector.deactivate(trigger_id)
             await self._activate(trigger, connector, spec)
         return trigger
+
+    async def get_checkpoint(self, fn: StoredFunction, trigger_type: str, trigger_id: str) -> dict[str, Any]:
+        trigger = await self.get(fn, trigger_type, trigger_id)
+        return await self.connector_for(trigger.trigger_type).get_checkpoint(self._spec(trigger))
+
+    async def set_checkpoint(self, fn: StoredFunction, trigger_type: str, trigger_id: str, body: Any) -> dict[str, Any]:
+        """Move where a trigger reads its source; only while it is DISABLED, and audited."""
+        trigger = await self.get(fn, trigger_type, trigger_id)
+        if not isinstance(body, dict):
+            raise bad_request("request body must be a JSON object")
+        if trigger.status != TriggerStatus.DISABLED.value:
+            raise conflict(
+                f"trigger {trigger_id} is {trigger.status}: disable it before moving its checkpoint, "
+                "then enable it again to resume from there"
+            )
+        before = await self.get_checkpoint(fn, trigger_type, trigger_id)
+        after = await self.connector_for(trigger.trigger_type).set_checkpoint(self._spec(trigger), body)
+        await self.store.audit("setTriggerCheckpoint", trigger_id, {"request": body, "before": before, "after": after})
+        return after
 
     async def delete(self, trigger: StoredTrigger) -> None:
         connector = self.connectors.get(trigger.trigger_type)

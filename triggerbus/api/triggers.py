@@ -57,6 +57,25 @@ async def delete_trigger(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+async def get_checkpoint(request: web.Request) -> web.Response:
+    svc = service(request)
+    fn = await svc.registry.require(request.match_info["function_urn"], request.match_info["project_id"])
+    checkpoint = await svc.triggers.get_checkpoint(
+        fn, request.match_info["trigger_type_code"], request.match_info["trigger_id"]
+    )
+    return json_response(checkpoint)
+
+
+async def put_checkpoint(request: web.Request) -> web.Response:
+    svc = service(request)
+    fn = await svc.registry.require(request.match_info["function_urn"], request.match_info["project_id"])
+    body = await read_json(request, MAX_TRIGGER_BODY)
+    checkpoint = await svc.triggers.set_checkpoint(
+        fn, request.match_info["trigger_type_code"], request.match_info["trigger_id"], body
+    )
+    return json_response(checkpoint)
+
+
 def add_routes(router: web.UrlDispatcher) -> None:
     router.add_post(BASE, create_trigger)
     router.add_get(BASE, list_triggers)
@@ -64,3 +83,5 @@ def add_routes(router: web.UrlDispatcher) -> None:
     router.add_get(ONE, get_trigger)
     router.add_put(ONE, update_trigger)
     router.add_delete(ONE, delete_trigger)
+    router.add_get(ONE + "/checkpoint", get_checkpoint)
+    router.add_put(ONE + "/checkpoint", put_checkpoint)
