@@ -78,8 +78,16 @@ class Subscription(abc.ABC):
 
 
 class Bus(abc.ABC):
+    # Whether topics can be added while running (the invoker's per-function overflow
+    # lanes need it). The embedded bus can; Kafka consumers would have to rebalance.
+    dynamic_topics: bool = True
+
     @abc.abstractmethod
     async def start(self) -> None: ...
+
+    async def ready(self) -> None:
+        """Every component has subscribed; start consuming. (Kafka needs this moment.)"""
+        return None
 
     @abc.abstractmethod
     async def close(self) -> None: ...

@@ -308,6 +308,8 @@ class AsyncInvoker:
         await self._finish(env, resolved, result, attempt, AsyncStatus.FAIL)
 
     def _should_overflow(self, key: str, max_instances: int) -> bool:
+        if not self.bus.dynamic_topics:
+            return False  # waits in memory (bounded by max_in_flight); see bus.kafka
         lane = self._lanes.get(key)
         if lane is not None and lane.pending > 0:
             return True  # keep arrival order: behind what is already in the lane

@@ -12,6 +12,7 @@ INVOCATIONS_TOPIC = "tb.invocations"  # keyed by function URN
 STREAM_TOPIC = "tb.stream"  # records from stream triggers, keyed by trigger id (+ source partition)
 DESTINATIONS_TOPIC = "tb.destinations"  # deliveries to OBS/SMN/DIS, keyed by request id
 DEADLETTER_TOPIC = "tb.deadletter"  # messages nobody could parse, kept for operators
+COMPLETIONS_TOPIC = "tb.completions"  # with several processes: finished stream batches, read by all
 
 
 def new_request_id() -> str:

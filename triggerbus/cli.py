@@ -86,6 +86,8 @@ def main(ctx: click.Context, endpoint: str, token: str, project: str, data_dir: 
 @click.option("--region", default=None, help="region name used in URNs and events [default: local]")
 @click.option("--timezone", default=None, help="default time zone for cron schedules [default: UTC]")
 @click.option("--obs-endpoint", default=None, help="S3 endpoint for OBS destinations (keys from TRIGGERBUS_OBS_*)")
+@click.option("--bus", "bus_url", default=None, help="sqlite (default) or kafka://host:9092[,host2:9092]")
+@click.option("--store", "store_url", default=None, help="sqlite (default) or mongodb://... (with a Kafka bus)")
 @click.option("--log-level", default="INFO", show_default=True)
 @click.pass_context
 def serve(
@@ -96,6 +98,8 @@ def serve(
     region: str | None,
     timezone: str | None,
     obs_endpoint: str | None,
+    bus_url: str | None,
+    store_url: str | None,
     log_level: str,
 ) -> None:
     """Run the service on the embedded store (no external servers)."""
@@ -107,12 +111,16 @@ def serve(
             setattr(settings, name, value)
     if obs_endpoint:
         settings.obs_endpoint = obs_endpoint
+    if bus_url:
+        settings.bus_url = bus_url
+    if store_url:
+        settings.store_url = store_url
     from triggerbus.server import serve as run
     from triggerbus.service import DataDirLocked
 
     try:
         asyncio.run(run(settings, announce=lambda line: console.print(line, highlight=False)))
-    except DataDirLocked as exc:
+    except (DataDirLocked, ValueError) as exc:
         err_console.print(f"[bold red]error[/] {exc}")
         sys.exit(2)
     except OSError as exc:

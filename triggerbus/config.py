@@ -43,11 +43,48 @@ class Settings:
     max_async_body: int = 256 * 1024
     max_api_body: int = 60 * 1024 * 1024  # function create: 40 MB zip as base64
     invoker_max_in_flight: int = 4096
+    # Where events and state live: "sqlite" (embedded, one process) or, to scale out over
+    # several processes, bus "kafka://host:9092[,host2:9092]" and store "mongodb://...".
+    bus_url: str = field(default_factory=lambda: _env("TRIGGERBUS_BUS", "sqlite"))
+    store_url: str = field(default_factory=lambda: _env("TRIGGERBUS_STORE", "sqlite"))
+    kafka_app_id: str = field(default_factory=lambda: _env("TRIGGERBUS_KAFKA_APP_ID", "triggerbus"))
+    kafka_partitions: int = field(default_factory=lambda: int(_env("TRIGGERBUS_KAFKA_PARTITIONS", "8")))
+    kafka_session_timeout_s: float = field(
+        default_factory=lambda: float(_env("TRIGGERBUS_KAFKA_SESSION_TIMEOUT_S", "10"))
+    )
+    kafka_fetch_max_wait_ms: int | None = field(
+        default_factory=lambda: int(v) if (v := os.environ.get("TRIGGERBUS_KAFKA_FETCH_MAX_WAIT_MS")) else None
+    )
+    mongo_database: str = field(default_factory=lambda: _env("TRIGGERBUS_MONGO_DATABASE", "triggerbus"))
     # DMS-style KAFKA triggers name an instance; map instance ids to bootstrap servers:
     # TRIGGERBUS_KAFKA_INSTANCES='{"81335d56-...": "broker1:9092,broker2:9092"}'
     kafka_instances: dict[str, str] = field(
         default_factory=lambda: json.loads(_env("TRIGGERBUS_KAFKA_INSTANCES", "{}"))
     )
+
+    @property
+    def shared_store(self) -> bool:
+        """True when several processes may share the state (MongoDB store)."""
+        return self.store_url.startswith(("mongodb://", "mongodb+srv://"))
+
+    @property
+    def kafka_bus(self) -> bool:
+        return self.bus_url.startswith("kafka://")
+
+    def check(self) -> None:
+        """Refuse combinations that would break silently."""
+        if self.bus_url != "sqlite" and not self.kafka_bus:
+            raise ValueError(f"--bus must be 'sqlite' or 'kafka://host:port[,...]', not {self.bus_url!r}")
+        if self.store_url != "sqlite" and not self.shared_store:
+            raise ValueError(f"--store must be 'sqlite' or 'mongodb://...', not {self.store_url!r}")
+        if self.shared_store and not self.kafka_bus:
+            raise ValueError("a MongoDB store is for several processes: use it with a Kafka bus (--bus kafka://...)")
+        if self.shared_store:
+            missing = [n for n in ("TRIGGERBUS_TOKEN", "TRIGGERBUS_SECRET_KEY") if not os.environ.get(n)]
+            if missing and not (self.token and os.environ.get("TRIGGERBUS_SECRET_KEY")):
+                raise ValueError(
+                    f"processes sharing a store must share the API token and the secrets key: set {', '.join(missing)}"
+                )
 
     def base_url(self) -> str:
         if self.public_url:

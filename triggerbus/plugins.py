@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from connectors.apig import ApigConnector
 from connectors.base import Connector
+from connectors.kafka import KafkaConnector
 from connectors.timer import TimerConnector
 
 CONNECTOR_CLASSES: list[type[Connector]] = [
     TimerConnector,
     ApigConnector,
+    KafkaConnector,
 ]

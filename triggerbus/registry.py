@@ -16,6 +16,7 @@ import shutil
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from invoker.destinations import check_no_cycle, check_supported
 from invoker.registry import ResolvedFunction
@@ -60,6 +61,7 @@ class FunctionRegistry:
         *,
         destination_kinds: set[DestinationKind] | None = None,
         forbidden_code_urls: tuple[str, ...] = (),
+        cache_ttl_s: float | None = None,
     ) -> None:
         self.store = store
         self.secrets = secrets
@@ -67,8 +69,11 @@ class FunctionRegistry:
         self.region = region
         self.destination_kinds = destination_kinds or {DestinationKind.FUNCTIONGRAPH}
         self.forbidden_code_urls = forbidden_code_urls
-        self._cache: dict[str, ResolvedFunction | None] = {}
-        self._stored: dict[str, StoredFunction] = {}  # the accept path reads a function per request
+        # Caches: the accept path reads a function per request. With a shared store (several
+        # processes) entries expire after cache_ttl_s, so changes made elsewhere show up.
+        self._cache: dict[str, tuple[ResolvedFunction | None, float]] = {}
+        self._stored: dict[str, tuple[StoredFunction, float]] = {}
+        self.cache_ttl_s = cache_ttl_s
         self._lock = asyncio.Lock()
 
     # -- naming -----------------------------------------------------------------------------------
@@ -83,11 +88,12 @@ class FunctionRegistry:
 
     async def require(self, text: str, project_id: str | None = None) -> StoredFunction:
         urn = self.parse_urn(text, project_id)
-        fn = self._stored.get(urn.unqualified)
+        cached = self._fresh(self._stored.get(urn.unqualified))
+        fn = cached[0] if cached else None
         if fn is None:
             fn = await self.store.get_function(urn.unqualified)
             if fn is not None:
-                self._stored[urn.unqualified] = fn
+                self._stored[urn.unqualified] = (fn, time.monotonic())
         if fn is None:
             raise not_found(f"function '{urn.name}' (package {urn.package}) does not exist")
         return fn
@@ -114,14 +120,32 @@ class FunctionRegistry:
             check_handler(target, req.handler)
         except CodePackageError as exc:
             raise bad_request(f"func_code: {exc}") from None
+        await self.store.put_code(digest, raw)  # other processes extract it from there
         return digest, len(raw)
+
+    async def _ensure_code(self, fn: StoredFunction) -> None:
+        """Extract a function's package here if another process stored it (or the dir was wiped)."""
+        if fn.runtime == HTTP_RUNTIME or self.code_dir(fn.digest).exists():
+            return
+        raw = await self.store.get_code(fn.digest)
+        if raw is None:
+            raise FileNotFoundError(f"code package {fn.digest} of {fn.name} is missing from the store")
+        await asyncio.to_thread(self._extract_once, raw, self.code_dir(fn.digest))
+
+    def _extract_once(self, raw: bytes, target: Path) -> None:
+        if not target.exists():
+            self._extract(raw, target)
 
     def _extract(self, raw: bytes, target: Path) -> None:
         staging = target.with_name(f".{target.name}.{os.getpid()}.{time.monotonic_ns()}")
         try:
             extract_zip(raw, staging)
             (staging / ".code.zip.sha256").write_text(target.name)
-            staging.rename(target)
+            try:
+                staging.rename(target)
+            except OSError:
+                if not target.exists():  # a concurrent extraction won the rename: fine
+                    raise
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
@@ -272,15 +296,24 @@ class FunctionRegistry:
         if parsed is None or parsed.qualifier != "latest":
             return None
         key = parsed.unqualified
-        if key in self._cache:
-            return self._cache[key]
+        cached = self._fresh(self._cache.get(key))
+        if cached is not None:
+            return cached[0]
         fn = await self.store.get_function(key)
         resolved = None
         if fn is not None:
+            await self._ensure_code(fn)
             config = await self.store.get_async_config(key) or AsyncInvokeConfig(func_urn=fn.qualified_urn)
             resolved = ResolvedFunction(self.spec_of(fn), config)
-        self._cache[key] = resolved
+        self._cache[key] = (resolved, time.monotonic())
         return resolved
+
+    def _fresh(self, entry: tuple[Any, float] | None) -> tuple[Any, float] | None:
+        if entry is None:
+            return None
+        if self.cache_ttl_s is not None and time.monotonic() - entry[1] > self.cache_ttl_s:
+            return None
+        return entry
 
     def spec_of(self, fn: StoredFunction) -> FunctionSpec:
         code_dir = None if fn.runtime == HTTP_RUNTIME else self.code_dir(fn.digest)

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Callable
+from urllib.parse import urlsplit, urlunsplit
 
 from aiohttp import web
 
@@ -67,6 +68,7 @@ async def serve(settings: Settings, announce: Callable[[str], None] = print) -> 
     )
     announce(f"Triggerbus listening on {settings.base_url()}")
     announce(f"  data dir: {settings.data_dir.resolve()}   region: {settings.region}   timezone: {settings.timezone}")
+    announce(f"  bus: {settings.bus_url}   store: {_without_password(settings.store_url)}")
     announce(f"  API token: {token_hint}   (send it as X-Auth-Token)")
     announce(f"  APIG ingress: {settings.base_url()}/apig/<path>")
     try:
@@ -74,3 +76,12 @@ async def serve(settings: Settings, announce: Callable[[str], None] = print) -> 
     finally:
         announce("Triggerbus stopping")
         await server.close()
+
+
+def _without_password(url: str) -> str:
+    """Connection strings may carry a password: never print it."""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = f"{parts.username}:******@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url

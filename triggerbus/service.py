@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from bus.aio import stop_tasks
+from bus.base import Bus, Message, Outgoing
+from bus.kafka import KafkaBus
 from bus.sqlite import SQLiteBus
 from bus.sqlitedb import Database
 from connectors.apig import ApigConnector
@@ -25,10 +27,17 @@ from connectors.base import ConnectorContext
 from connectors.timer import TimerConnector
 from invoker.async_invoker import AsyncInvoker
 from invoker.batching import Batcher
-from invoker.completion import CompletionHub
+from invoker.completion import Completion, CompletionHub
 from invoker.concurrency import ConcurrencyLimiter
 from invoker.destinations import DestinationSink, DestinationWorker
 from invoker.dispatcher import Dispatcher
+from invoker.envelope import (
+    COMPLETIONS_TOPIC,
+    DEADLETTER_TOPIC,
+    DESTINATIONS_TOPIC,
+    INVOCATIONS_TOPIC,
+    STREAM_TOPIC,
+)
 from invoker.ingest import Ingest
 from invoker.obs_sink import OBSSink
 from invoker.retry import RetryPolicy
@@ -40,6 +49,7 @@ from triggerbus.invocations import InvocationService
 from triggerbus.plugins import CONNECTOR_CLASSES
 from triggerbus.registry import FunctionRegistry
 from triggerbus.secrets import SecretBox
+from triggerbus.store.base import Store
 from triggerbus.store.sqlite import SQLiteStore
 from triggerbus.triggers import TriggerManager
 
@@ -74,18 +84,25 @@ class Service:
         self.started_at = 0.0
         self._lock: IO[str] | None = None
         self._housekeeping: asyncio.Task[None] | None = None
+        self._reconciler: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         s = self.settings
+        s.check()
         s.data_dir = s.data_dir.resolve()  # worker processes run elsewhere: code paths must be absolute
-        self._lock = lock_data_dir(s.data_dir)
+        if not s.shared_store:
+            self._lock = lock_data_dir(s.data_dir)  # the embedded bus/store belong to one process
+        else:
+            s.data_dir.mkdir(parents=True, exist_ok=True)
         self.token = s.load_token()
         self.secrets = SecretBox.load(s.data_dir)
-        self.db = Database(s.data_dir / "triggerbus.db", synchronous=s.sqlite_synchronous)
-        await self.db.open()
-        self.bus = SQLiteBus(self.db, partitions=s.bus_partitions)
+        self.db: Database | None = None
+        if not (s.kafka_bus and s.shared_store):
+            self.db = Database(s.data_dir / "triggerbus.db", synchronous=s.sqlite_synchronous)
+            await self.db.open()
+        self.bus = self._make_bus()
         await self.bus.start()
-        self.store = SQLiteStore(self.db)
+        self.store = self._make_store()
         await self.store.start()
 
         sinks: dict[DestinationKind, DestinationSink] = {}
@@ -99,6 +116,7 @@ class Service:
             s.region,
             destination_kinds=kinds,
             forbidden_code_urls=self._own_urls(),
+            cache_ttl_s=2.0 if s.shared_store else None,
         )
         self.limiter = ConcurrencyLimiter()
         work_root = s.data_dir / "workers"
@@ -109,7 +127,7 @@ class Service:
         )
         self.dispatcher = Dispatcher({"python": self.python_runtime, "http": HttpRuntime()})
         await self.dispatcher.start()
-        self.completion = CompletionHub()
+        self.completion = CompletionHub(relay=self._relay_completion if s.kafka_bus else None)
         retry = RetryPolicy(base_s=s.retry_base_s, cap_s=s.retry_cap_s)
         self.invocations = InvocationService(self.bus, self.store, self.registry, self.dispatcher, self.limiter)
         self.invoker = AsyncInvoker(
@@ -147,10 +165,57 @@ class Service:
         await self.invoker.start()
         await self.batcher.start()
         await self.destinations.start()
+        if isinstance(self.bus, KafkaBus):
+            self.bus.listen_broadcast(COMPLETIONS_TOPIC, self._receive_completion)
+        await self.bus.ready()  # every component subscribed: start consuming
         active = await self.triggers.activate_all()
         self._housekeeping = asyncio.create_task(self._housekeep(), name="housekeeping")
+        if s.shared_store:  # triggers changed through another process show up here too
+            self._reconciler = asyncio.create_task(self._reconcile_triggers(), name="trigger-reconciler")
         self.started_at = time.time()
         log.info("service started: %d active triggers, data dir %s", active, s.data_dir)
+
+    def _make_bus(self) -> Bus:
+        s = self.settings
+        if s.kafka_bus:
+            return KafkaBus(
+                s.bus_url.removeprefix("kafka://"),
+                app_id=s.kafka_app_id,
+                partitions=s.kafka_partitions,
+                topics=(INVOCATIONS_TOPIC, STREAM_TOPIC, DESTINATIONS_TOPIC, DEADLETTER_TOPIC, COMPLETIONS_TOPIC),
+                session_timeout_s=s.kafka_session_timeout_s,
+                heartbeat_s=max(0.5, s.kafka_session_timeout_s / 5),
+                fetch_max_wait_ms=s.kafka_fetch_max_wait_ms,
+            )
+        assert self.db is not None
+        return SQLiteBus(self.db, partitions=s.bus_partitions)
+
+    def _make_store(self) -> Store:
+        s = self.settings
+        if s.shared_store:
+            from triggerbus.store.mongo import MongoStore
+
+            return MongoStore(s.store_url, database=s.mongo_database, retention_s=s.records_retention_days * 86400)
+        assert self.db is not None
+        return SQLiteStore(self.db)
+
+    async def _relay_completion(self, completion: Completion) -> None:
+        await self.bus.publish(
+            Outgoing(COMPLETIONS_TOPIC, completion.to_json(self.settings.node_id), key=completion.trigger_id)
+        )
+
+    def _receive_completion(self, message: Message) -> None:
+        completion, origin = Completion.from_json(message.value)
+        if origin != self.settings.node_id:  # ours were delivered locally already
+            self.completion.receive(completion)
+
+    async def _reconcile_triggers(self) -> None:
+        while True:
+            await asyncio.sleep(2.0)
+            try:
+                await self.triggers.reconcile()
+            except Exception:
+                log.exception("reconciling triggers with the store failed")
 
     def _options(self) -> dict[str, Any]:
         s = self.settings
@@ -188,7 +253,7 @@ class Service:
                 log.exception("housekeeping failed")
 
     async def close(self) -> None:
-        await stop_tasks(self._housekeeping)
+        await stop_tasks(self._housekeeping, self._reconciler)
         for closer in (
             *(c.close for c in self.connectors),
             self.invoker.close,
@@ -200,8 +265,11 @@ class Service:
             except Exception:
                 log.exception("error while stopping")
         await self.dispatcher.close()
+        await self.completion.close()
         await self.bus.close()
-        await self.db.close()
+        await self.store.close()
+        if self.db is not None:
+            await self.db.close()
         if self._lock is not None:
             self._lock.close()
             self._lock = None

@@ -60,6 +60,8 @@ class TriggerManager:
         self.secrets = secrets
         self.registry = registry
         self.connectors: dict[str, Connector] = {}
+        # What runs in this process: trigger id -> (type, updated time of what was activated).
+        self._active: dict[str, tuple[str, float]] = {}
 
     def register(self, connector: Connector) -> None:
         for trigger_type in connector.trigger_types:
@@ -132,6 +134,7 @@ class TriggerManager:
         return stored
 
     async def _activate(self, stored: StoredTrigger, connector: Connector, spec: TriggerSpec) -> None:
+        self._active[stored.trigger_id] = (stored.trigger_type, stored.updated)
         try:
             await connector.activate(spec)
         except FSSError:
@@ -188,10 +191,10 @@ class TriggerManager:
             await self.store.audit("updateTrigger", trigger_id, {"fields": sorted(req.event_data or {})})
         spec.status = new_status
         if new_status == TriggerStatus.DISABLED.value and old_status != new_status:
-            await connector.deactivate(trigger_id)
+            await self._deactivate(trigger_id)
         elif new_status == TriggerStatus.ACTIVE.value and (old_status != new_status or data_changed):
             if data_changed and old_status == new_status:
-                await connector.deactivate(trigger_id)
+                await self._deactivate(trigger_id)
             await self._activate(trigger, connector, spec)
         return trigger
 
@@ -214,10 +217,14 @@ class TriggerManager:
         await self.store.audit("setTriggerCheckpoint", trigger_id, {"request": body, "before": before, "after": after})
         return after
 
-    async def delete(self, trigger: StoredTrigger) -> None:
-        connector = self.connectors.get(trigger.trigger_type)
+    async def _deactivate(self, trigger_id: str) -> None:
+        active = self._active.pop(trigger_id, None)
+        connector = self.connectors.get(active[0]) if active else None
         if connector is not None:
-            await connector.deactivate(trigger.trigger_id)
+            await connector.deactivate(trigger_id)
+
+    async def delete(self, trigger: StoredTrigger) -> None:
+        await self._deactivate(trigger.trigger_id)
         await self.store.delete_trigger(trigger.trigger_id)
         await self.store.audit("deleteTrigger", trigger.trigger_id, {"type": trigger.trigger_type})
 
@@ -245,6 +252,25 @@ class TriggerManager:
             await self._activate(trigger, connector, self._spec(trigger))
             count += 1
         return count
+
+    async def reconcile(self) -> None:
+        """Make this process run exactly the ACTIVE triggers of the (shared) store.
+
+        Triggers created, changed, disabled or deleted through another process are
+        picked up here; a change shows as a new ``updated`` time.
+        """
+        stored = {t.trigger_id: t for t in await self.store.list_triggers()}
+        for trigger_id, trigger in stored.items():
+            wanted = trigger.status == TriggerStatus.ACTIVE.value and trigger.trigger_type in self.connectors
+            running = self._active.get(trigger_id)
+            if wanted and (running is None or running[1] != trigger.updated):
+                if running is not None:
+                    await self._deactivate(trigger_id)
+                await self._activate(trigger, self.connectors[trigger.trigger_type], self._spec(trigger))
+            elif not wanted and running is not None:
+                await self._deactivate(trigger_id)
+        for trigger_id in [t for t in self._active if t not in stored]:
+            await self._deactivate(trigger_id)
 
     def to_api(self, trigger: StoredTrigger) -> dict[str, Any]:
         secret = SECRET_FIELDS.get(TriggerType(trigger.trigger_type), frozenset())

@@ -26,6 +26,10 @@ CREATE TABLE IF NOT EXISTS functions(
     created REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS functions_project ON functions(project_id, created);
+CREATE TABLE IF NOT EXISTS code(
+    digest TEXT PRIMARY KEY,
+    data BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS triggers(
     trigger_id TEXT PRIMARY KEY,
     function_urn TEXT NOT NULL,
@@ -248,6 +252,15 @@ class SQLiteStore:
             return cur.rowcount == 1
 
         return await self.db.write(run)
+
+    async def put_code(self, digest: str, data: bytes) -> None:
+        await self.db.write(
+            lambda c: c.execute("INSERT OR IGNORE INTO code(digest, data) VALUES (?, ?)", (digest, data))
+        )
+
+    async def get_code(self, digest: str) -> bytes | None:
+        row = await self.db.read(lambda c: c.execute("SELECT data FROM code WHERE digest = ?", (digest,)).fetchone())
+        return bytes(row["data"]) if row else None
 
     # -- triggers ----------------------------------------------------------------------------
 
