@@ -42,7 +42,8 @@ from typing import Any
 
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
 
 from bus.aio import stop_tasks
 from bus.base import DEFAULT_PARTITIONS, Bus, Message, Outgoing, Subscription
@@ -271,8 +272,15 @@ class KafkaBus(Bus):
         self.declare(topic)
         self._broadcasts.append(asyncio.create_task(self._broadcast_loop(topic, handler), name=f"broadcast-{topic}"))
 
+    async def _ensure_topic(self, topic: str) -> None:
+        admin, _ = await self._clients()
+        spec = self._declared.get(topic) or TopicSpec(topic, self.default_partitions)
+        with contextlib.suppress(TopicAlreadyExistsError):
+            await admin.create_topics([NewTopic(topic, num_partitions=spec.partitions, replication_factor=1)])
+
     async def _broadcast_loop(self, topic: str, handler: Callable[[Message], None]) -> None:
         await self._ready.wait()
+        await self._ensure_topic(topic)
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,
             enable_auto_commit=False,

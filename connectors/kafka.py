@@ -415,8 +415,10 @@ class _Runner:
             "last_error": self.last_error,
             "last_error_time": _iso(self.last_error_at),
         }
-        if self.missing_topics:
-            body["missing_topics"] = list(self.missing_topics)
+        assigned_topics = {tp.topic for tp in self.parts}
+        missing = [t for t in self.missing_topics if t not in assigned_topics]
+        if missing:
+            body["missing_topics"] = missing  # did not exist when the trigger was activated
         return body
 
     # -- the consume loop ----------------------------------------------------------------------------
@@ -452,15 +454,17 @@ class _Runner:
         self.first_attempt_done.set()
         self._committer = asyncio.create_task(self._commit_loop(), name=f"kafka-commit-{cfg.trigger_id}")
         while not self.stopping:
-            generation = self.assign_generation
             batch = await consumer.getmany(timeout_ms=1000, max_records=FETCH_MAX_RECORDS)
+            generation = self.assign_generation
             self.attempt = 0
             if self.stopping:
                 return  # fetched but not handed over: read again from the committed offset
             await self._refresh_committed(consumer)
             for tp, records in batch.items():
                 if generation != self.assign_generation:
-                    break  # a rebalance happened meanwhile: these records are stale
+                    # A rebalance happened while we handed over earlier partitions: the new
+                    # assignment restarts from the committed offsets, so these are re-fetched.
+                    break
                 await self._handle(consumer, tp, records)
 
     async def _refresh_committed(self, consumer: AIOKafkaConsumer) -> None:
@@ -488,6 +492,13 @@ class _Runner:
             offset = int(record.offset)
             if part.next_offset is not None and offset < part.next_offset:
                 continue  # already handed over in this assignment
+            if len(part.in_flight) >= cfg.in_flight_limit:
+                # Too much unfinished work on this partition: fetch the rest again once
+                # completions bring it under half the limit (see on_completion).
+                consumer.seek(tp, offset)
+                consumer.pause(tp)
+                part.paused = True
+                break
             if part.positions is None:
                 part.positions = PartitionPositions(offset - 1)
             part.positions.delivered(offset)
@@ -518,10 +529,6 @@ class _Runner:
                 oversized.append((item, raw_size))
             else:
                 items.append(item)
-        if len(part.in_flight) > cfg.in_flight_limit and not part.paused:
-            with contextlib.suppress(Exception):
-                consumer.pause(tp)
-                part.paused = True
         if items:
             await self._publish(items)
         for item, raw_size in oversized:
@@ -733,7 +740,10 @@ class KafkaConnector(Connector):
     async def close(self) -> None:
         runners = list(self._runners.values())
         self._runners.clear()
-        await asyncio.gather(*(r.stop(self.drain_s) for r in runners), return_exceptions=True)
+        results = await asyncio.gather(*(r.stop(self.drain_s) for r in runners), return_exceptions=True)
+        for runner, result in zip(runners, results, strict=True):
+            if isinstance(result, BaseException):
+                log.error("stopping kafka trigger %s failed: %r", runner.cfg.trigger_id, result)
 
     async def validate(self, trigger: TriggerSpec, *, existing: list[TriggerSpec]) -> dict[str, Any]:
         cfg = self._config(trigger)

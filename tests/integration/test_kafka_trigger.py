@@ -27,7 +27,13 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 import connectors.kafka as kafka_connector
-from tests.integration.conftest import Harness, make_settings, running
+from bus.memory import MemoryBus
+from connectors.base import ConnectorContext, TriggerSpec
+from invoker.completion import Completion, CompletionHub
+from invoker.envelope import StreamItem
+from schemas.records import AsyncStatus
+from tests.integration.conftest import Harness, free_port, make_settings, running
+from triggerbus.store.sqlite import SQLiteStore
 
 pytestmark = pytest.mark.integration
 
@@ -314,6 +320,43 @@ async def test_commits_wait_for_unfinished_records(tmp_path: Path, kafka_bootstr
         assert Counter(messages_in(out)) == Counter(values)
 
 
+async def test_in_flight_records_are_bounded_per_partition(
+    tmp_path: Path, kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(kafka_connector, "MIN_IN_FLIGHT", 6)  # batch_size 1: at most 6 unfinished records
+    topic = unique("bounded")
+    await create_topics(kafka_bootstrap, [topic])
+    async with running(make_settings(tmp_path / "data")) as h:
+        urn, out = await recorder(h, tmp_path, "bounded")
+        data = {"kafka_connect_address": kafka_bootstrap, "topic_ids": [topic], "batch_size": 1, "batch_window_ms": 0}
+        status, trigger = await create_trigger(h, urn, "OPENSOURCEKAFKA", data)
+        assert status == 201, trigger
+        trigger_id = trigger["trigger_id"]
+        await set_status(h, urn, "OPENSOURCEKAFKA", trigger_id, "ACTIVE")
+        values = [f"BLOCK-{i}" for i in range(30)]  # every invocation waits for the gate
+        await produce(kafka_bootstrap, topic, [v.encode() for v in values], partition=0)
+
+        async def paused() -> dict[str, Any] | None:
+            state = (await get_trigger(h, urn, "OPENSOURCEKAFKA", trigger_id)).get("state", {})
+            parts = state.get("partitions", [])
+            return parts[0] if parts and parts[0]["paused"] else None
+
+        partition = await wait_for(paused, "the partition to pause")
+        assert partition["in_flight"] == 6
+        assert partition["position"] == 6
+        for _ in range(3):
+            await asyncio.sleep(0.3)
+            state = (await get_trigger(h, urn, "OPENSOURCEKAFKA", trigger_id))["state"]
+            assert state["partitions"][0]["in_flight"] <= 6
+            assert state["partitions"][0]["position"] == 6
+        (tmp_path / "bounded.gate").touch()
+        await wait_committed(h, urn, "OPENSOURCEKAFKA", trigger_id, {(topic, 0): 30})
+        assert Counter(messages_in(out)) == Counter(values)
+        state = (await get_trigger(h, urn, "OPENSOURCEKAFKA", trigger_id))["state"]
+        assert state["partitions"][0]["paused"] is False
+        assert state["partitions"][0]["lag"] == 0
+
+
 async def test_poison_batch_fails_to_its_destination_and_the_partition_moves_on(
     tmp_path: Path, kafka_bootstrap: str
 ) -> None:
@@ -457,7 +500,7 @@ async def test_restart_resumes_and_checkpoints_can_be_read_and_moved(tmp_path: P
         assert status == 409, error
         assert "disable" in error["error_msg"]
         await set_status(h, urn, code, trigger_id, "DISABLED")
-        bad_bodies = [
+        bad_bodies: list[tuple[dict[str, Any], str]] = [
             ({}, "either"),
             ({"partitions": [{"topic": "other", "partition": 0, "offset": 0}]}, "not one of the trigger's topic_ids"),
             ({"partitions": [{"topic": topic, "partition": 7, "offset": 0}]}, "has no partition 7"),
@@ -474,7 +517,7 @@ async def test_restart_resumes_and_checkpoints_can_be_read_and_moved(tmp_path: P
         # a timestamp resolves per partition to the first record at or after it
         status, moved = await put_checkpoint(h, urn, code, trigger_id, {"timestamp": between_ms})
         assert status == 200, moved
-        first_after = {}
+        first_after: dict[int, int] = {}
         for partition, offset, _ in sent_second:
             first_after.setdefault(partition, offset)
         assert committed(moved) == {(topic, p): o for p, o in first_after.items()}
@@ -547,6 +590,107 @@ async def test_start_positions_and_dms_instances(tmp_path: Path, kafka_bootstrap
             assert all(r["instance_id"] == "dms-instance-1" for r in event["records"])
 
 
+class CompletingIngest:
+    """Stands in for a service process's bus + invoker: every published item finishes shortly after."""
+
+    def __init__(self, completion: CompletionHub) -> None:
+        self.completion = completion
+        self.seen: Counter[tuple[int, int]] = Counter()
+
+    async def publish(self, items: list[StreamItem]) -> None:
+        for item in items:
+            self.seen[(item.source["partition"], item.source["offset"])] += 1
+        done = Completion(str(uuid.uuid4()), items[0].trigger_id, tuple(i.item_id for i in items), AsyncStatus.SUCCESS)
+        asyncio.get_running_loop().call_later(0.02, self.completion.done, done)
+
+    async def reject(self, items: list[StreamItem], **kw: Any) -> str:
+        raise AssertionError("nothing is rejected here")
+
+
+def connector_process(store: SQLiteStore, name: str) -> tuple[kafka_connector.KafkaConnector, CompletingIngest]:
+    completion = CompletionHub()
+    ingest = CompletingIngest(completion)
+    ctx = ConnectorContext(
+        bus=MemoryBus(),
+        state=store,
+        invocations=None,  # type: ignore[arg-type]
+        completion=completion,
+        ingest=ingest,  # type: ignore[arg-type]
+        region="local",
+        default_tz="UTC",
+        node_id=name,
+    )
+    return kafka_connector.KafkaConnector(ctx), ingest
+
+
+async def test_two_consumers_of_one_trigger_split_partitions_and_hand_them_over(
+    kafka_bootstrap: str, store: SQLiteStore
+) -> None:
+    """Connector level: two "processes" run the same trigger (one consumer group); one stops."""
+    topic = unique("split")
+    await create_topics(kafka_bootstrap, [topic], partitions=4)
+    spec = TriggerSpec(
+        trigger_id=str(uuid.uuid4()),
+        function_urn="urn:fss:local:proj1:function:default:split:latest",
+        trigger_type="OPENSOURCEKAFKA",
+        event_data={"kafka_connect_address": kafka_bootstrap, "topic_ids": [topic], "start_position": "EARLIEST"},
+        created=time.time(),
+    )
+    a, seen_a = connector_process(store, "process-a")
+    b, seen_b = connector_process(store, "process-b")
+
+    async def produce_round(n: int) -> set[tuple[int, int]]:
+        sent = set()
+        for i in range(40):
+            partition, offset, _ = (await produce(kafka_bootstrap, topic, [f"r{n}-{i}".encode()], partition=i % 4))[0]
+            sent.add((partition, offset))
+        return sent
+
+    async def covered(sent: set[tuple[int, int]]) -> bool:
+        return sent <= set(seen_a.seen) | set(seen_b.seen)
+
+    def assigned(connector: kafka_connector.KafkaConnector) -> set[int]:
+        return {p["partition"] for p in connector.status(spec.trigger_id).get("partitions", [])}
+
+    try:
+        await a.activate(spec)
+        sent = await produce_round(1)
+        await wait_for(lambda: covered(sent), "round 1 through process A")
+        await b.activate(spec)
+
+        async def split() -> bool:
+            return bool(assigned(a)) and bool(assigned(b)) and assigned(a) | assigned(b) == {0, 1, 2, 3}
+
+        await wait_for(split, "the partitions split over A and B")
+        assert not assigned(a) & assigned(b)
+        sent |= await produce_round(2)
+        await wait_for(lambda: covered(sent), "round 2 through A and B")
+        await a.deactivate(spec.trigger_id)
+
+        async def b_has_all() -> bool:
+            return assigned(b) == {0, 1, 2, 3}
+
+        await wait_for(b_has_all, "B taking over every partition")
+        sent |= await produce_round(3)
+        await wait_for(lambda: covered(sent), "round 3 through B")
+        await wait_committed_direct(b, spec, {(topic, p): 30 for p in range(4)})
+        total = sum(seen_a.seen.values()) + sum(seen_b.seen.values())
+        # at least once: nothing lost; duplicates are allowed but a clean handover should have none
+        assert total - len(sent) == 0, f"{total - len(sent)} duplicate deliveries"
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def wait_committed_direct(
+    connector: kafka_connector.KafkaConnector, spec: TriggerSpec, want: dict[tuple[str, int], int]
+) -> None:
+    async def check() -> bool:
+        return committed(await connector.get_checkpoint(spec)) == want
+
+    await wait_for(check, f"committed offsets {want}")
+
+
 async def test_invalid_configs_get_precise_400s(tmp_path: Path, kafka_bootstrap: str) -> None:
     settings = make_settings(tmp_path / "data", kafka_instances={"known-instance": kafka_bootstrap})
     async with running(settings) as h:
@@ -586,3 +730,23 @@ async def test_invalid_configs_get_precise_400s(tmp_path: Path, kafka_bootstrap:
         assert status == 201, trigger
         assert trigger["event_data"]["kafka_password"] == "******"
         assert "s3cret-pw" not in json.dumps(trigger)
+
+        # brokers nobody listens on: the trigger backs off and says why; checkpoints answer 503
+        dead = f"127.0.0.1:{free_port()}"
+        status, trigger = await create_trigger(h, urn, "OPENSOURCEKAFKA", {**good, "kafka_connect_address": dead})
+        assert status == 201, trigger
+        trigger_id = trigger["trigger_id"]
+        await set_status(h, urn, "OPENSOURCEKAFKA", trigger_id, "ACTIVE")
+
+        async def backing_off() -> dict[str, Any] | None:
+            state = (await get_trigger(h, urn, "OPENSOURCEKAFKA", trigger_id)).get("state", {})
+            return state if state.get("last_error") else None
+
+        state = await wait_for(backing_off, "the connection error in the trigger state")
+        assert state["consumer_state"] in ("starting", "backoff")
+        assert "KafkaConnectionError" in state["last_error"] and state["last_error_time"]
+        async with h.http.get(h.fgs(f"/triggers/{urn}/OPENSOURCEKAFKA/{trigger_id}/checkpoint")) as resp:
+            error = await resp.json()
+            assert resp.status == 503, error
+            assert dead in error["error_msg"]
+        await set_status(h, urn, "OPENSOURCEKAFKA", trigger_id, "DISABLED")

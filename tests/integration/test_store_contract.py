@@ -385,6 +385,25 @@ async def test_cancel_waiting_only_cancels_wait_records(store: Store) -> None:
     assert await store.cancel_waiting("missing", "x") is False
 
 
+async def test_cancel_and_start_race_has_one_winner(store: Store) -> None:
+    for i in range(10):
+        await store.insert_record(record(f"r{i}"))
+    outcomes = await asyncio.gather(
+        *(
+            op
+            for i in range(10)
+            for op in (store.cancel_waiting(f"r{i}", "canceled"), store.start_attempt(f"r{i}", Attempt(n=1, start=1.0)))
+        )
+    )
+    for i in range(10):
+        canceled, started = outcomes[2 * i], outcomes[2 * i + 1]
+        assert canceled != started
+        got = await store.get_record(f"r{i}")
+        assert got is not None
+        assert got.status is (AsyncStatus.DISCARD if canceled else AsyncStatus.RUNNING)
+        assert len(await store.list_attempts(f"r{i}")) == (0 if canceled else 1)
+
+
 async def test_finish_attempt_writes_attempt_and_record_together(store: Store) -> None:
     await store.insert_record(record("r1"))
     await store.start_attempt("r1", Attempt(n=1, start=10.0))
@@ -642,6 +661,13 @@ async def test_audit_log_newest_first(store: Store) -> None:
     assert [e["action"] for e in await store.audit_log(limit=2)] == ["action4", "action3"]
 
 
+async def test_update_record_refreshes_source_search(store: Store) -> None:
+    await store.insert_record(record("r1", source={"k": "old"}))
+    await store.update_record("r1", source={"k": "new"})
+    assert await ids(store, RecordQuery(FN_Q, source={"k": "new"})) == (["r1"], 1)
+    assert await ids(store, RecordQuery(FN_Q, source={"k": "old"})) == ([], 0)
+
+
 # -- MongoDB only: indexes and their use -----------------------------------------------------------
 
 
@@ -652,11 +678,12 @@ async def index_info(collection: Any) -> dict[str, dict[str, Any]]:
 async def test_mongo_record_indexes_exist(mongo_store: MongoStore) -> None:
     indexes = await index_info(mongo_store.records)
     keys = {name: list(ix["key"].items()) for name, ix in indexes.items()}
-    assert keys[RECORDS_BY_FUNCTION][:2] == [("function_urn", 1), ("created", -1)]
-    assert keys[RECORDS_BY_FUNCTION_STATUS][:3] == [("function_urn", 1), ("status", 1), ("created", -1)]
+    assert keys["_id_"] == [("_id", 1)]
+    assert keys[RECORDS_BY_FUNCTION] == [("function_urn", 1), ("created", -1)]
+    assert keys[RECORDS_BY_FUNCTION_STATUS] == [("function_urn", 1), ("status", 1), ("created", -1)]
     assert keys[RECORDS_BY_STATUS] == [("status", 1), ("created", 1)]
     assert keys[RECORDS_BY_TRIGGER] == [("trigger_id", 1), ("created", 1)]
-    assert keys[RECORDS_BY_SOURCE][0] == ("source_kv", 1)
+    assert keys[RECORDS_BY_SOURCE] == [("source_kv", 1), ("function_urn", 1), ("created", -1)]
     assert keys[RECORDS_TTL] == [("created_at", 1)]
     assert indexes[RECORDS_TTL]["expireAfterSeconds"] == 3600
     assert indexes[RECORDS_TTL]["partialFilterExpression"] == {"status": {"$in": ["SUCCESS", "FAIL", "DISCARD"]}}
@@ -694,12 +721,26 @@ async def test_mongo_document_layout(mongo_store: MongoStore) -> None:
     assert raw["source_kv"] == ["k=1"]
 
 
-async def test_mongo_update_record_refreshes_source_search(mongo_store: MongoStore) -> None:
-    # (the SQLite store keeps the coordinates of insert time; the shared store follows updates)
-    await mongo_store.insert_record(record("r1", source={"k": "old"}))
-    await mongo_store.update_record("r1", source={"k": "new"})
-    assert await ids(mongo_store, RecordQuery(FN_Q, source={"k": "new"})) == (["r1"], 1)
-    assert await ids(mongo_store, RecordQuery(FN_Q, source={"k": "old"})) == ([], 0)
+
+
+async def test_mongo_separate_clients_share_leases_and_fences(mongo_store: MongoStore, mongo_uri: str) -> None:
+    """Like separate processes: one client (connection pool) each, one database."""
+    nodes = [MongoStore(mongo_uri, database=mongo_store.db.name) for _ in range(5)]
+    try:
+        await asyncio.gather(*(n.start() for n in nodes))
+        leases = await asyncio.gather(*(n.acquire_lease("timer", f"node-{i}", 30.0) for i, n in enumerate(nodes)))
+        assert leases.count(True) == 1
+        claims = await asyncio.gather(
+            *(n.claim_timer_fire("t1", 60.0, f"req-{i}", f"node-{i}", 120.0) for i, n in enumerate(nodes))
+        )
+        assert claims.count(True) == 1
+        inserted = await asyncio.gather(*(n.insert_record(record("r1")) for n in nodes))
+        assert inserted.count(True) == 1
+        await asyncio.gather(*(n.put_checkpoint("t1", "offset", i) for i, n in enumerate(nodes)))
+        assert await mongo_store.get_checkpoint("t1", "offset") in range(5)
+    finally:
+        for n in nodes:
+            await n.close()
 
 
 def index_scans(plan: Any) -> list[str]:

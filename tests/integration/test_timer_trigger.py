@@ -220,6 +220,7 @@ async def test_two_processes_fire_each_instant_exactly_once(tmp_path: Path) -> N
         )
         for node in ("node-a", "node-b")
     ]  # fmt: skip
+
     def fires_by(node: str | None = None) -> int:
         if not log_path.exists():
             return 0

@@ -248,7 +248,8 @@ class SQLiteStore:
         def run(conn: sqlite3.Connection) -> bool:
             cur = conn.execute("DELETE FROM functions WHERE urn = ?", (urn,))
             conn.execute("DELETE FROM async_configs WHERE function_urn = ?", (urn,))
-            conn.execute("DELETE FROM triggers WHERE function_urn LIKE ?", (urn + ":%",))
+            prefix = urn + ":"  # (not LIKE: '_' in a name would be a wildcard)
+            conn.execute("DELETE FROM triggers WHERE substr(function_urn, 1, ?) = ?", (len(prefix), prefix))
             return cur.rowcount == 1
 
         return await self.db.write(run)
@@ -386,7 +387,21 @@ class SQLiteStore:
         if not fields:
             return
         sets, args = self._update_sql(fields)
-        await self.db.write(lambda c: c.execute(f"UPDATE records SET {sets} WHERE request_id = ?", (*args, request_id)))
+
+        def run(conn: sqlite3.Connection) -> None:
+            cur = conn.execute(f"UPDATE records SET {sets} WHERE request_id = ?", (*args, request_id))
+            if "source" in fields and cur.rowcount:
+                self._index_source(conn, request_id, fields["source"] or {})
+
+        await self.db.write(run)
+
+    @staticmethod
+    def _index_source(conn: sqlite3.Connection, request_id: str, source: dict[str, Any]) -> None:
+        conn.execute("DELETE FROM record_sources WHERE request_id = ?", (request_id,))
+        conn.executemany(
+            "INSERT OR IGNORE INTO record_sources(request_id, name, value) VALUES (?,?,?)",
+            _source_rows(request_id, source),
+        )
 
     async def start_attempt(self, request_id: str, attempt: Attempt) -> bool:
         def run(conn: sqlite3.Connection) -> bool:
@@ -420,6 +435,8 @@ class SQLiteStore:
         sets, args = self._update_sql(record_fields) if record_fields else ("", [])
 
         def run(conn: sqlite3.Connection) -> None:
+            if conn.execute("SELECT 1 FROM records WHERE request_id = ?", (request_id,)).fetchone() is None:
+                return  # no record (purged or never created): nothing to attach the attempt to
             conn.execute(
                 "INSERT OR REPLACE INTO attempts(request_id, n, start, end, status, error_code, error_message, "
                 "duration_ms, memory_mb, logs) VALUES (?,?,?,?,?,?,?,?,?,?)",
@@ -508,6 +525,7 @@ class SQLiteStore:
             conn.executemany("DELETE FROM attempts WHERE request_id = ?", [(i,) for i in ids])
             conn.executemany("DELETE FROM record_sources WHERE request_id = ?", [(i,) for i in ids])
             conn.executemany("DELETE FROM records WHERE request_id = ?", [(i,) for i in ids])
+            conn.execute("DELETE FROM audit WHERE ts < ?", (older_than,))  # same retention as records
             return len(ids)
 
         return await self.db.write(run)
