@@ -721,8 +721,6 @@ async def test_mongo_document_layout(mongo_store: MongoStore) -> None:
     assert raw["source_kv"] == ["k=1"]
 
 
-
-
 async def test_mongo_separate_clients_share_leases_and_fences(mongo_store: MongoStore, mongo_uri: str) -> None:
     """Like separate processes: one client (connection pool) each, one database."""
     nodes = [MongoStore(mongo_uri, database=mongo_store.db.name) for _ in range(5)]
