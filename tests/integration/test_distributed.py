@@ -1,0 +1,158 @@
+"""Distributed mode: two service processes on one Kafka bus and one MongoDB store.
+
+One process is SIGKILLed while async invocations flow; the other takes over its
+partitions and every accepted invocation still ends SUCCESS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import aiohttp
+import pytest
+from cryptography.fernet import Fernet
+
+from tests.integration.conftest import PROJECT, ROOT, TOKEN, free_port
+from tests.support.zips import python_function
+
+pytestmark = pytest.mark.integration
+
+WORKER = """
+import os, time
+def handler(event, context):
+    time.sleep(0.02)
+    fd = os.open(event["ledger"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.write(fd, (context.getRequestID() + " " + os.environ.get("RUNTIME_PROJECT_ID", "") + "\\n").encode())
+    os.close(fd)
+    return {"ok": True}
+"""
+
+
+def start(
+    data_dir: Path, port: int, bus: str, store: str, app_id: str, secret: str, log: Path
+) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "TRIGGERBUS_TOKEN": TOKEN,
+        "TRIGGERBUS_SECRET_KEY": secret,
+        "TRIGGERBUS_KAFKA_APP_ID": app_id,
+        "TRIGGERBUS_MONGO_DATABASE": app_id,
+        "TRIGGERBUS_KAFKA_SESSION_TIMEOUT_S": "6",
+        "TRIGGERBUS_KAFKA_FETCH_MAX_WAIT_MS": "50",
+        "TRIGGERBUS_RETRY_BASE_S": "0.2",
+    }
+    out = open(log, "ab")  # noqa: SIM115 - closed with the process
+    return subprocess.Popen(
+        [sys.executable, "-m", "triggerbus.cli", "serve", "--data-dir", str(data_dir), "--port", str(port),
+         "--bus", bus, "--store", store],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )  # fmt: skip
+
+
+async def healthy(base: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as http:
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            try:
+                async with http.get(base + "/health") as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.2)
+    raise AssertionError(f"{base} never became healthy:\n{log.read_text()[-3000:]}")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+async def test_two_processes_share_work_and_survive_a_sigkill(
+    kafka_bootstrap: str, mongo_uri: str, tmp_path: Path
+) -> None:
+    app_id = f"tbd{uuid.uuid4().hex[:8]}"
+    secret = Fernet.generate_key().decode()
+    bus, ledger = f"kafka://{kafka_bootstrap}", tmp_path / "ledger.txt"
+    ports = [free_port(), free_port()]
+    logs = [tmp_path / "a.log", tmp_path / "b.log"]
+    procs = [start(tmp_path / f"data-{i}", ports[i], bus, mongo_uri, app_id, secret, logs[i]) for i in range(2)]
+    bases = [f"http://127.0.0.1:{p}" for p in ports]
+    urn = f"urn:fss:local:{PROJECT}:function:default:worker:latest"
+    try:
+        for base, proc, log in zip(bases, procs, logs, strict=True):
+            await healthy(base, proc, log)
+        accepted: list[str] = []
+        async with aiohttp.ClientSession(headers={"X-Auth-Token": TOKEN}) as http:
+            body = python_function("worker", WORKER, max_instance_num=4)
+            async with http.post(f"{bases[0]}/v2/{PROJECT}/fgs/functions", json=body) as resp:
+                assert resp.status == 200, await resp.text()
+
+            async def submit(i: int) -> None:
+                base = bases[i % 2]  # both processes accept
+                try:
+                    async with http.post(
+                        f"{base}/v2/{PROJECT}/fgs/functions/{urn}/invocations-async",
+                        json={"ledger": str(ledger), "i": i},
+                    ) as resp:
+                        if resp.status == 202:
+                            accepted.append((await resp.json())["request_id"])
+                except aiohttp.ClientError:
+                    pass  # process B died mid-request: never acknowledged
+
+            # Keep submitting until both processes have run work, then kill B mid-stream.
+            submitted = 0
+            deadline = time.monotonic() + 120
+            while True:
+                await asyncio.gather(*(submit(submitted + i) for i in range(20)))
+                submitted += 20
+                runs = ledger.read_text().split("\n") if ledger.exists() else []
+                if len(runs) > 40 or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.5)
+            producers = [asyncio.create_task(submit(submitted + i)) for i in range(200)]
+            await asyncio.sleep(0.3)
+            procs[1].send_signal(signal.SIGKILL)
+            procs[1].wait(timeout=10)
+            await asyncio.gather(*producers)
+            assert accepted
+
+            pending = set(accepted)
+            statuses: dict[str, str] = {}
+            deadline = time.monotonic() + 180
+            while pending and time.monotonic() < deadline:
+                for rid in list(pending):
+                    async with http.get(f"{bases[0]}/v2/{PROJECT}/fgs/functions/{urn}/async-invocations/{rid}") as resp:
+                        if resp.status == 200:
+                            record = await resp.json()
+                            if record["status"] in ("SUCCESS", "FAIL", "DISCARD"):
+                                statuses[rid] = record["status"]
+                                pending.discard(rid)
+                if pending:
+                    await asyncio.sleep(0.5)
+        assert not pending, f"{len(pending)} of {len(accepted)} accepted invocations never finished"
+        assert set(statuses.values()) == {"SUCCESS"}
+        runs = [line.split()[0] for line in ledger.read_text().splitlines() if line]
+        assert set(accepted) <= set(runs), "an accepted invocation never ran"
+        duplicates = len(runs) - len(set(runs))
+        print(json.dumps({"accepted": len(accepted), "runs": len(runs), "duplicates": duplicates}))
+    finally:
+        for proc in procs:
+            stop(proc)
