@@ -96,6 +96,7 @@ BACKOFF_CAP_S = 30.0
 ACTIVATE_WAIT_S = 5.0  # activate() waits this long for the start position to be pinned
 DRAIN_S = 3.0  # on deactivate, wait this long for in-flight records to finish before committing
 ADMIN_TIMEOUT_S = 20.0  # checkpoint reads/writes and start-position resolution
+COMMIT_TIMEOUT_S = 10.0  # one offset commit, or leaving the group
 
 # aiokafka consumer settings applied to every consumer this connector makes; the service may
 # override them with ``options["kafka_consumer"]`` (tests shorten the group timeouts).
@@ -626,7 +627,8 @@ class _Runner:
             if not chosen:
                 return
             try:
-                await consumer.commit({tp: offset for tp, (_, offset) in chosen.items()})
+                async with asyncio.timeout(COMMIT_TIMEOUT_S):  # aiokafka retries retriable errors forever
+                    await consumer.commit({tp: offset for tp, (_, offset) in chosen.items()})
             except Exception as exc:
                 for part, _ in chosen.values():
                     if part.positions is not None:
@@ -680,7 +682,8 @@ class _Runner:
         finally:
             self.consumer = None
             try:
-                await consumer.stop()
+                async with asyncio.timeout(COMMIT_TIMEOUT_S):
+                    await consumer.stop()
             except Exception as exc:
                 self.error("stopping the consumer", exc)
             self.parts.clear()

@@ -224,6 +224,12 @@ class Service:
             "timer_misfire_policy": s.timer_misfire_policy,
             "timer_catchup_window_s": s.timer_catchup_window_s,
             "kafka_instances": s.kafka_instances,
+            # the same group timeouts for trigger consumers as for the Kafka bus
+            "kafka_consumer": {
+                "session_timeout_ms": int(s.kafka_session_timeout_s * 1000),
+                "heartbeat_interval_ms": int(max(0.5, s.kafka_session_timeout_s / 5) * 1000),
+                **({"fetch_max_wait_ms": s.kafka_fetch_max_wait_ms} if s.kafka_fetch_max_wait_ms else {}),
+            },
         }
 
     @property

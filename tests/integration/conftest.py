@@ -42,6 +42,8 @@ def make_settings(data_dir: Path, **overrides: Any) -> Settings:
     settings.retry_cap_s = 0.2
     settings.max_workers = 4
     settings.timer_lease_ttl_s = 2.0
+    settings.kafka_session_timeout_s = 6.0  # tansu: slow group joins; short timeouts keep tests quick
+    settings.kafka_fetch_max_wait_ms = 50
     for name, value in overrides.items():
         setattr(settings, name, value)
     return settings

@@ -130,8 +130,11 @@ async def test_timer_trigger_crud_in_fg_shape(harness: Harness) -> None:
             "batch_size",
         ),
         (
-            {"trigger_type_code": "KAFKA", "event_data": {"instance_id": "i", "topic_ids": ["t"]}},
-            "KAFKA triggers are not served by this Triggerbus yet",
+            {
+                "trigger_type_code": "LTS",
+                "event_data": {"log_group_id": "g", "log_topic_id": "t"},
+            },
+            "LTS triggers are not served by this Triggerbus yet",
         ),
     ],
 )
