@@ -156,3 +156,105 @@ async def test_two_processes_share_work_and_survive_a_sigkill(
     finally:
         for proc in procs:
             stop(proc)
+
+
+COLLECTOR = """
+import os
+def handler(event, context):
+    fd = os.open(context.getUserData("out"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    for record in event["records"]:
+        for message in record["messages"]:
+            os.write(fd, (message + "\\n").encode())
+    os.close(fd)
+    return None
+"""
+
+
+async def test_a_kafka_trigger_spread_over_two_processes_commits_everything(
+    kafka_bootstrap: str, mongo_uri: str, tmp_path: Path
+) -> None:
+    """Both processes consume the trigger's partitions; whichever runs a batch, the process
+    whose consumer read it learns it finished (broadcast completions) and commits."""
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    app_id = f"tbk{uuid.uuid4().hex[:8]}"
+    topic = f"orders-{uuid.uuid4().hex[:6]}"
+    secret = Fernet.generate_key().decode()
+    out = tmp_path / "messages.txt"
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    await admin.create_topics([NewTopic(topic, num_partitions=4, replication_factor=1)])
+    await admin.close()
+
+    ports = [free_port(), free_port()]
+    logs = [tmp_path / "a.log", tmp_path / "b.log"]
+    bus = f"kafka://{kafka_bootstrap}"
+    procs = [start(tmp_path / f"d{i}", ports[i], bus, mongo_uri, app_id, secret, logs[i]) for i in range(2)]
+    bases = [f"http://127.0.0.1:{p}" for p in ports]
+    urn = f"urn:fss:local:{PROJECT}:function:default:collector:latest"
+    try:
+        for base, proc, log in zip(bases, procs, logs, strict=True):
+            await healthy(base, proc, log)
+        async with aiohttp.ClientSession(headers={"X-Auth-Token": TOKEN}) as http:
+            body = python_function("collector", COLLECTOR, user_data={"out": str(out)})
+            async with http.post(f"{bases[0]}/v2/{PROJECT}/fgs/functions", json=body) as resp:
+                assert resp.status == 200, await resp.text()
+            trigger_body = {
+                "trigger_type_code": "OPENSOURCEKAFKA",
+                "event_data": {
+                    "kafka_connect_address": kafka_bootstrap,
+                    "topic_ids": [topic],
+                    "batch_size": 10,
+                    "batch_window_ms": 100,
+                    "start_position": "EARLIEST",
+                },
+            }
+            async with http.post(f"{bases[0]}/v2/{PROJECT}/fgs/triggers/{urn}", json=trigger_body) as resp:
+                trigger = await resp.json()
+                assert resp.status == 201, trigger
+            one = f"/v2/{PROJECT}/fgs/triggers/{urn}/OPENSOURCEKAFKA/{trigger['trigger_id']}"
+            async with http.put(bases[0] + one, json={"trigger_status": "ACTIVE"}) as resp:
+                assert resp.status == 200, await resp.text()
+
+            async def assigned(base: str) -> set[int]:
+                async with http.get(base + one) as resp:
+                    state = (await resp.json()).get("state", {})
+                return {p["partition"] for p in state.get("partitions", [])}
+
+            # Both processes run the trigger (the second one via reconciliation with the store)
+            # and its consumer group splits the 4 partitions between them.
+            deadline = time.monotonic() + 120
+            while True:
+                a, b = await assigned(bases[0]), await assigned(bases[1])
+                if a and b and a | b == {0, 1, 2, 3} and not a & b:
+                    break
+                assert time.monotonic() < deadline, f"partitions never split: {a} / {b}"
+                await asyncio.sleep(1.0)
+
+            producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+            await producer.start()
+            ends: dict[int, int] = {}
+            for i in range(200):
+                meta = await producer.send_and_wait(topic, f"m{i}".encode(), key=f"k{i}".encode())
+                ends[meta.partition] = max(ends.get(meta.partition, 0), meta.offset + 1)
+            await producer.stop()
+
+            deadline = time.monotonic() + 120
+            while not out.exists() or len(set(out.read_text().split())) < 200:
+                assert time.monotonic() < deadline, "not every message reached the function"
+                await asyncio.sleep(0.5)
+            assert set(out.read_text().split()) == {f"m{i}" for i in range(200)}
+
+            # Committed offsets reach the end of every partition, in both processes' shares.
+            while True:
+                async with http.get(bases[0] + one + "/checkpoint") as resp:
+                    checkpoint = await resp.json()
+                committed = {p["partition"]: p["committed"] for p in checkpoint["partitions"]}
+                if all(committed.get(p) == end for p, end in ends.items()):
+                    break
+                assert time.monotonic() < deadline, f"commits stuck at {committed}, ends {ends}"
+                await asyncio.sleep(0.5)
+    finally:
+        for proc in procs:
+            stop(proc)
