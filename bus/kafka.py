@@ -90,11 +90,15 @@ class KafkaBus(Bus):
         commit_interval_s: float = 0.2,
         fetch_max_wait_ms: int | None = None,
         max_message_bytes: int = 16 * 1024 * 1024,
+        topic_prefix: str | None = None,
     ) -> None:
         self.bootstrap = bootstrap
         self.app_id = app_id
         self.default_partitions = partitions
         self.fetch_max_wait_ms = fetch_max_wait_ms
+        self.session_timeout_s = session_timeout_s
+        # Several deployments (or test runs) may share a cluster: each one's topics are its own.
+        self.topic_prefix = f"{app_id}." if topic_prefix is None else topic_prefix
         self._declared: dict[str, TopicSpec] = {}
         self.app = faust.App(
             app_id,
@@ -137,10 +141,17 @@ class KafkaBus(Bus):
         topic = self._faust_topics.get(name)
         if topic is None:
             count = partitions or self.default_partitions
-            topic = self.app.topic(name, partitions=count, key_type=bytes, value_type=bytes)
+            topic = self.app.topic(self.physical(name), partitions=count, key_type=bytes, value_type=bytes)
             self._faust_topics[name] = topic
             self._declared[name] = TopicSpec(name, count)
         return topic
+
+    def physical(self, name: str) -> str:
+        """The Kafka topic behind a bus topic name."""
+        return self.topic_prefix + name
+
+    def logical(self, physical: str) -> str:
+        return physical.removeprefix(self.topic_prefix)
 
     async def topics(self) -> list[str]:
         return sorted(self._declared)
@@ -160,6 +171,19 @@ class KafkaBus(Bus):
         if self.fetch_max_wait_ms is not None:
             self._tune_fetch_wait()
         self._ready.set()
+        if self._subscriptions:
+            await self._joined(timeout_s=max(30.0, 3 * self.session_timeout_s))
+
+    async def _joined(self, timeout_s: float) -> None:
+        """Wait until the group gave this member its partitions, so the first events are not
+        held up by the join (a consumer group takes a few seconds to form). Never fails: a
+        member that got nothing, or a slow group, just starts consuming later."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not self.app.rebalancing and self.app.consumer.assignment():
+                return
+            await asyncio.sleep(0.05)
+        log.warning("the Kafka consumer group has not assigned partitions after %.0f s; going on", timeout_s)
 
     def _tune_fetch_wait(self) -> None:
         """Lower the consumer's long-poll wait (Faust fixes it at 1.5 s).
@@ -276,7 +300,9 @@ class KafkaBus(Bus):
         admin, _ = await self._clients()
         spec = self._declared.get(topic) or TopicSpec(topic, self.default_partitions)
         with contextlib.suppress(TopicAlreadyExistsError):
-            await admin.create_topics([NewTopic(topic, num_partitions=spec.partitions, replication_factor=1)])
+            await admin.create_topics(
+                [NewTopic(self.physical(topic), num_partitions=spec.partitions, replication_factor=1)]
+            )
 
     async def _broadcast_loop(self, topic: str, handler: Callable[[Message], None]) -> None:
         await self._ready.wait()
@@ -288,13 +314,14 @@ class KafkaBus(Bus):
             fetch_max_wait_ms=self.fetch_max_wait_ms or 500,
         )
         await consumer.start()
+        kafka_topic = self.physical(topic)
         try:
-            partitions = consumer.partitions_for_topic(topic)
+            partitions = consumer.partitions_for_topic(kafka_topic)
             while not partitions:
                 await asyncio.sleep(0.2)
                 await consumer._client.force_metadata_update()
-                partitions = consumer.partitions_for_topic(topic)
-            tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+                partitions = consumer.partitions_for_topic(kafka_topic)
+            tps = [TopicPartition(kafka_topic, p) for p in sorted(partitions)]
             consumer.assign(tps)
             await consumer.seek_to_end(*tps)
             while True:
@@ -304,7 +331,7 @@ class KafkaBus(Bus):
                         try:
                             handler(
                                 Message(
-                                    topic=tp.topic,
+                                    topic=topic,
                                     partition=tp.partition,
                                     offset=record.offset,
                                     key=record.key.decode() if record.key else None,
@@ -330,8 +357,12 @@ class KafkaBus(Bus):
     async def lag(self, group: str, topic: str) -> dict[int, int]:
         """Uncommitted messages per partition of the service's consumer group."""
         admin, offsets = await self._clients()
-        partitions = offsets.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        kafka_topic = self.physical(topic)
+        partitions = offsets.partitions_for_topic(kafka_topic) or set()
+        if not partitions:
+            await offsets._client.force_metadata_update()
+            partitions = offsets.partitions_for_topic(kafka_topic) or set()
+        tps = [TopicPartition(kafka_topic, p) for p in sorted(partitions)]
         if not tps:
             return {}
         ends = await offsets.end_offsets(tps)
@@ -365,7 +396,11 @@ class KafkaSubscription(Subscription):
         self._capacity.set()
         self._closed = False
         channels = [bus.declare(t) for t in topics]
-        channel = channels[0] if len(channels) == 1 else bus.app.topic(*topics, key_type=bytes, value_type=bytes)
+        channel = (
+            channels[0]
+            if len(channels) == 1
+            else bus.app.topic(*map(bus.physical, topics), key_type=bytes, value_type=bytes)
+        )
         bus.app.agent(channel, name=f"triggerbus.{group}.{'+'.join(topics)}")(self._agent)
 
     async def _agent(self, stream: Any) -> AsyncIterator[None]:  # a faust.Stream (StreamT lacks noack)
@@ -379,7 +414,7 @@ class KafkaSubscription(Subscription):
                     k: (v.decode(errors="replace") if isinstance(v, bytes) else str(v)) for k, v in (msg.headers or [])
                 }
                 message = Message(
-                    topic=msg.topic,
+                    topic=self.bus.logical(msg.topic),
                     partition=msg.partition,
                     offset=msg.offset,
                     key=msg.key.decode() if isinstance(msg.key, bytes) else msg.key,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import sqlite3
@@ -71,11 +72,13 @@ class SQLiteBus(Bus):
         partitions: int = DEFAULT_PARTITIONS,
         commit_interval: float = 0.05,
         retention_interval: float = 30.0,
+        compact_slice: int = 2000,
     ) -> None:
         self.db = db
         self.default_partitions = partitions
         self.commit_interval = commit_interval
         self.retention_interval = retention_interval
+        self.compact_slice = compact_slice
         self._partitions: dict[str, int] = {}
         self._next_offset: dict[tuple[str, int], int] = {}
         self._high_water: dict[tuple[str, int], int] = {}  # last committed-to-disk offset
@@ -264,22 +267,35 @@ class SQLiteBus(Bus):
                 log.exception("bus retention pass failed")
 
     async def compact(self) -> int:
-        """Delete log rows every group reading the topic has committed past."""
+        """Delete log rows every group reading the topic has committed past.
 
-        def run(conn: sqlite3.Connection) -> int:
-            rows = conn.execute(
+        In slices of :attr:`compact_slice` rows, one short write transaction each: a large
+        backlog deleted in one transaction held the single writer (and every append, ack
+        and record update queued behind it) for over a second.
+        """
+        lows = await self.db.read(
+            lambda c: c.execute(
                 "SELECT topic, partition, MIN(committed) AS low FROM bus_offsets GROUP BY topic, partition"
             ).fetchall()
-            deleted = 0
-            for row in rows:
-                cur = conn.execute(
-                    "DELETE FROM bus_log WHERE topic = ? AND partition = ? AND offset <= ?",
-                    (row["topic"], row["partition"], row["low"]),
-                )
-                deleted += cur.rowcount
-            return deleted
+        )
+        deleted = 0
+        for row in lows:
+            topic, partition, low = row["topic"], row["partition"], row["low"]
+            while True:
+                delete = functools.partial(self._delete_slice, topic=topic, partition=partition, low=low)
+                count = await self.db.write(delete)
+                deleted += count
+                if count < self.compact_slice:
+                    break
+        return deleted
 
-        return await self.db.write(run)
+    def _delete_slice(self, conn: sqlite3.Connection, topic: str, partition: int, low: int) -> int:
+        cur = conn.execute(
+            "DELETE FROM bus_log WHERE id IN (SELECT id FROM bus_log"
+            " WHERE topic = ? AND partition = ? AND offset <= ? ORDER BY offset LIMIT ?)",
+            (topic, partition, low, self.compact_slice),
+        )
+        return cur.rowcount
 
     # -- consuming ----------------------------------------------------------------------
 

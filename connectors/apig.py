@@ -95,12 +95,16 @@ def _error(status: int, code: str, message: str, request_id: str) -> web.Respons
 
 class ApigConnector(Connector):
     trigger_types: ClassVar[tuple[str, ...]] = ("APIG", "DEDICATEDGATEWAY", "APIC")
+    public_prefixes: ClassVar[tuple[str, ...]] = (INGRESS_PREFIX,)  # each API applies its own auth
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._routes: dict[str, _Route] = {}
         self._background = Background()  # sync calls outliving their caller's backend timeout
         self.requests = 0
+
+    def add_routes(self, router: web.UrlDispatcher) -> None:
+        router.add_route("*", INGRESS_PREFIX + "{tail:(/.*)?}", self.handle)
 
     async def close(self) -> None:
         await self._background.stop()

@@ -19,6 +19,8 @@ import abc
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
+from aiohttp import web
+
 from bus.base import Bus
 from invoker.completion import CompletionHub
 from invoker.ingest import Ingest
@@ -107,6 +109,9 @@ class ConnectorContext:
 
 class Connector(abc.ABC):
     trigger_types: ClassVar[tuple[str, ...]]
+    # Paths under these prefixes skip the management token: the connector's ingress
+    # applies its own auth (APIG's per-API auth, for instance).
+    public_prefixes: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, ctx: ConnectorContext) -> None:
         self.ctx = ctx
@@ -119,6 +124,14 @@ class Connector(abc.ABC):
         """Stop everything; the service is shutting down."""
         return None
 
+    def add_routes(self, router: web.UrlDispatcher) -> None:
+        """HTTP endpoints of this connector (an ingress, a source's own API); none by default.
+
+        They sit beside the management API and need its token, except under
+        :attr:`public_prefixes`.
+        """
+        return None
+
     async def validate(self, trigger: TriggerSpec, *, existing: list[TriggerSpec]) -> dict[str, Any]:
         """Check a trigger before it is saved; return response-only fields to add to event_data."""
         return {}
@@ -128,6 +141,11 @@ class Connector(abc.ABC):
 
     @abc.abstractmethod
     async def deactivate(self, trigger_id: str) -> None: ...
+
+    async def deleted(self, trigger: TriggerSpec) -> None:
+        """The trigger was deleted for good (after :meth:`deactivate` and the store delete):
+        release what it owned at the source (a queue, a subscription). Never raises."""
+        return None
 
     def status(self, trigger_id: str) -> dict[str, Any]:
         """Operator-facing state of one active trigger (position, next fire, last error)."""

@@ -339,7 +339,7 @@ class _Rebalance(ConsumerRebalanceListener):
         await self.runner.revoked(set(revoked))
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        self.runner.assigned(set(assigned))
+        await self.runner.assigned(set(assigned))
 
 
 class _Runner:
@@ -353,6 +353,7 @@ class _Runner:
         self.positioned = asyncio.Event()
         self.first_attempt_done = asyncio.Event()
         self.parts: dict[TopicPartition, _Partition] = {}
+        self.kept: dict[TopicPartition, _Partition] = {}  # revoked in a rebalance; may come back
         self.assign_generation = 0
         self.consumer: AIOKafkaConsumer | None = None
         self.attempt = 0
@@ -398,6 +399,7 @@ class _Runner:
                     "committed": committed,
                     "position": part.next_offset,
                     "in_flight": len(part.in_flight),
+                    "oldest_in_flight": min(part.in_flight) if part.in_flight else None,
                     "paused": part.paused,
                     "consumed": part.consumed,
                     "end_offset": end,
@@ -588,7 +590,8 @@ class _Runner:
             if parsed is None:
                 continue
             topic, partition, offset = parsed
-            part = self.parts.get(TopicPartition(topic, partition))
+            tp = TopicPartition(topic, partition)
+            part = self.parts.get(tp) or self.kept.get(tp)  # kept: revoked, maybe coming back
             if part is None or offset not in part.in_flight or part.positions is None:
                 continue  # not ours (any more): revoked, or consumed before a restart
             part.in_flight.discard(offset)
@@ -640,20 +643,49 @@ class _Runner:
                 part.committed_known = True
 
     async def revoked(self, revoked: set[TopicPartition]) -> None:
-        """Rebalance: commit what is done for partitions we lose, then forget their in-flight state."""
+        """Rebalance: commit what is done for partitions we lose, and keep their state aside.
+
+        With eager rebalancing every partition is revoked, and most come straight back to
+        the same member. Keeping their in-flight state (completions keep arriving) lets
+        such a partition carry on where it was instead of re-reading and re-running
+        everything after its committed offset.
+        """
         self.assign_generation += 1
         await self.commit_done(revoked)
         for tp in revoked:
-            self.parts.pop(tp, None)
+            part = self.parts.pop(tp, None)
+            if part is not None and part.positions is not None and part.committed_known:
+                self.kept[tp] = part
 
-    def assigned(self, assigned: set[TopicPartition]) -> None:
+    async def assigned(self, assigned: set[TopicPartition]) -> None:
         self.assign_generation += 1
+        kept, self.kept = self.kept, {}
         for tp in assigned:
-            if tp not in self.parts:
+            if tp in self.parts:
+                continue
+            part = kept.get(tp)
+            if part is not None and await self._still_ours(tp, part):
+                self.parts[tp] = part
+                if part.next_offset is not None and self.consumer is not None:
+                    self.consumer.seek(tp, part.next_offset)  # what is in flight is not read again
+                if part.paused and self.consumer is not None:
+                    self.consumer.pause(tp)
+            else:
                 self.parts[tp] = _Partition(tp)
         for tp in list(self.parts):
             if tp not in assigned:
                 self.parts.pop(tp, None)
+
+    async def _still_ours(self, tp: TopicPartition, part: _Partition) -> bool:
+        """True if nobody committed this partition since we last did (it did not move away and back)."""
+        if self.consumer is None:
+            return False
+        try:
+            committed = await self.consumer.committed(tp)
+        except Exception as exc:
+            self.error(f"reading the committed offset of {tp.topic}/{tp.partition}", exc)
+            return False
+        return committed == part.committed
 
     # -- stopping ------------------------------------------------------------------------------------
 
@@ -687,6 +719,7 @@ class _Runner:
             except Exception as exc:
                 self.error("stopping the consumer", exc)
             self.parts.clear()
+            self.kept.clear()
             self.assign_generation += 1
 
 

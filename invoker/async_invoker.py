@@ -217,7 +217,10 @@ class AsyncInvoker:
             )
             record = RecordState(AsyncStatus.WAIT, 0, "")
         elif record.status.terminal:
+            # Finished before (a redelivery after a crash or rebalance): do not run it again,
+            # but announce it again, in case the first announcement died with a process.
             self.stats["duplicates"] += 1
+            await self._announce(env, record.status)
             return
         elif record.attempts > env.attempt + 1 or (record.status is AsyncStatus.WAIT and record.attempts > env.attempt):
             # A stale copy: a later attempt was scheduled or ran already (a retry and a replay
@@ -385,7 +388,7 @@ class AsyncInvoker:
             next_attempt_at=None,
             destination=summary,
         )
-        self._finished(env, status)
+        await self._finished(env, status)
 
     async def _finish(
         self,
@@ -421,14 +424,17 @@ class AsyncInvoker:
             response=result.body,
             destination=summary,
         )
-        self._finished(env, status)
+        await self._finished(env, status)
 
-    def _finished(self, env: InvocationEnvelope, status: AsyncStatus) -> None:
+    async def _finished(self, env: InvocationEnvelope, status: AsyncStatus) -> None:
         """Count a terminal outcome and tell the trigger's connector."""
         key = {AsyncStatus.SUCCESS: "succeeded", AsyncStatus.FAIL: "failed"}.get(status, "discarded")
         self.stats[key] += 1
+        await self._announce(env, status)
+
+    async def _announce(self, env: InvocationEnvelope, status: AsyncStatus) -> None:
         if env.trigger_id:
-            self.completion.done(Completion(env.request_id, env.trigger_id, tuple(env.item_ids), status))
+            await self.completion.done(Completion(env.request_id, env.trigger_id, tuple(env.item_ids), status))
 
 
 def _message(result: InvocationResult) -> str:

@@ -19,7 +19,6 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from bus.aio import Background
 from schemas.records import AsyncStatus
 
 log = logging.getLogger(__name__)
@@ -58,7 +57,6 @@ class CompletionHub:
     def __init__(self, relay: Relay | None = None) -> None:
         self._listeners: dict[str, list[Listener]] = {}
         self.relay = relay
-        self._relaying = Background()
 
     def listen(self, trigger_id: str, listener: Listener) -> Callable[[], None]:
         self._listeners.setdefault(trigger_id, []).append(listener)
@@ -72,11 +70,16 @@ class CompletionHub:
 
         return stop
 
-    def done(self, completion: Completion) -> None:
-        """A trigger's invocation finished here: tell local listeners, and relay it."""
+    async def done(self, completion: Completion) -> None:
+        """A trigger's invocation finished here: tell local listeners, and relay it durably.
+
+        Awaited before the invocation's bus message is acked: if the process dies first,
+        the message comes back and the completion is announced again (listeners ignore
+        what they already know), so no connector waits forever for a lost one.
+        """
         self.receive(completion)
         if self.relay is not None:
-            self._relaying.spawn(self._relay(completion))
+            await self._relay(completion)
 
     async def _relay(self, completion: Completion) -> None:
         assert self.relay is not None
@@ -85,6 +88,8 @@ class CompletionHub:
                 await self.relay(completion)
                 return
             except Exception:
+                if attempt == 4:
+                    raise
                 log.exception("relaying completion %s failed (attempt %d)", completion.request_id, attempt + 1)
                 await asyncio.sleep(0.5 * 2**attempt)
 
@@ -95,6 +100,3 @@ class CompletionHub:
                 listener(completion)
             except Exception:
                 log.exception("completion listener for trigger %s failed", completion.trigger_id)
-
-    async def close(self) -> None:
-        await self._relaying.stop()

@@ -3,7 +3,7 @@
 * The destination event is FunctionGraph's documented shape (:class:`DestinationEvent`).
 * A FunctionGraph destination is another async invocation: publishing its envelope
   *is* the delivery, durable at once.
-* Other destinations (OBS, later SMN and DIS) become a :class:`DestinationTask` on
+* Other destinations (OBS, SMN, later DIS) become a :class:`DestinationTask` on
   the bus; :class:`DestinationWorker` delivers it with durable, backed-off retries,
   so an S3 outage delays a notification instead of losing it.
 * Cycles (A on_success -> B -> A) are refused when a config is saved, and a kind
@@ -203,7 +203,7 @@ def check_supported(config: AsyncInvokeConfig, available: set[DestinationKind]) 
         if dest is not None and dest.destination not in available:
             hint = {
                 DestinationKind.OBS: "start the service with an S3 endpoint (--obs-endpoint) to use OBS destinations",
-                DestinationKind.SMN: "SMN destinations need the SMN publisher, which this version does not have yet",
+                DestinationKind.SMN: "SMN destinations need the SMN connector (connectors.smn) in this service",
                 DestinationKind.DIS: "DIS destinations need the DIS publisher, which this version does not have yet",
             }.get(dest.destination, "")
             raise bad_request(

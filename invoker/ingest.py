@@ -67,7 +67,7 @@ async def reject_items(
         )
     )
     log.warning("trigger %s: %s", first.trigger_id, reason)
-    completion.done(Completion(request_id, first.trigger_id, tuple(i.item_id for i in items), status))
+    await completion.done(Completion(request_id, first.trigger_id, tuple(i.item_id for i in items), status))
     return request_id
 
 

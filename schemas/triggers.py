@@ -26,6 +26,7 @@ from pydantic import (
     Strict,
     StringConstraints,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -203,6 +204,15 @@ def _check_bucket(value: str) -> str:
     raise ValueError("bucket name must not be formatted as an IP address")
 
 
+CHANNEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def _check_channel_name(value: str) -> str:
+    if not CHANNEL_NAME_RE.match(value):
+        raise ValueError("channel name must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    return value
+
+
 def _check_topic_urn(value: str) -> str:
     if not SMN_TOPIC_URN_RE.match(value):
         raise ValueError("must be 'urn:smn:<region>:<project_id>:<topic_name>'")
@@ -338,6 +348,16 @@ class MongoEventData(EventData):
     batch_size: Annotated[StrictInt, Field(ge=1, le=10000)] = 100
     # Self-hosted addition: how the Mongo connector reaches the instance.
     connection_uri: Annotated[str, AfterValidator(_check_mongo_uri)] | None = None
+    # Triggerbus extensions (docs/dds.md): how long a batch may wait to fill, and what to do when
+    # the resume token is no longer in the oplog.
+    batch_window_ms: Annotated[StrictInt, Field(ge=0, le=300000)] | None = None
+    on_history_lost: (
+        Annotated[
+            Literal["fail", "resume_from_time", "resume_latest"],
+            _normalise_case(("fail", "resume_from_time", "resume_latest")),
+        ]
+        | None
+    ) = None
     # Response-only: Sharding / ReplicaSet / Single.
     mode: str | None = None
 
@@ -358,6 +378,9 @@ class DISEventData(EventData):
     max_fetch_bytes: Annotated[StrictInt, Field(ge=0, le=4194304)] | None = None
     batch_size: Annotated[StrictInt, Field(ge=1, le=10000)] | None = None
     is_serial: BoolOrBoolString | None = None
+    # Triggerbus extension (docs/dis.md): unfinished batches per trigger when is_serial is false
+    # (the console's 1-80 "concurrency"; it has no documented API key).
+    concurrency: Annotated[StrictInt, Field(ge=1, le=80)] | None = None
 
 
 class DMSEventData(EventData):
@@ -435,6 +458,8 @@ class LTSEventData(EventData):
     log_topic_id: NonEmptyStr
     log_group_name: str | None = None
     log_topic_name: str | None = None
+    # Triggerbus extension (docs/lts.md): the "accumulated time" threshold of a batch.
+    batch_window_ms: Annotated[StrictInt, Field(ge=0, le=300000)] | None = None
 
 
 ObsEventName = Annotated[str, BeforeValidator(_normalise_obs_event)]
@@ -461,22 +486,112 @@ class SMNEventData(EventData):
 
 
 class EventGridEventData(EventData):
+    """EVENTGRID (contract §2.3): which channel, source and event types reach the function.
+
+    Every key is optional (an unset filter matches everything); what is set is checked. ``bucket``,
+    ``prefix`` and ``suffix`` filter OBS events (source ``HC.OBS.DWR``) on their bucket and object key.
+    """
+
     channel_id: str | None = None
-    channel_name: str | None = None
-    source_name: str | None = None
+    channel_name: Annotated[str, AfterValidator(_check_channel_name)] | None = None
+    source_name: NonEmptyStr | None = None
     trigger_name: str | None = None
     agency: str | None = None
-    bucket: str | None = None
-    prefix: str | None = None
-    suffix: str | None = None
-    event_types: list[str] | None = None
+    bucket: Annotated[str, AfterValidator(_check_bucket)] | None = None
+    prefix: str | None = Field(None, max_length=1024)
+    suffix: str | None = Field(None, max_length=1024)
+    event_types: list[NonEmptyStr] | None = None
     key_encode: StrictBool | None = Field(None, alias="Key_encode")
     created_time: str | None = None
     status: str | None = None
 
+    @field_validator("event_types")
+    @classmethod
+    def _event_types(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and not value:
+            raise ValueError("must list at least one event type, or be left out to match every type")
+        return None if value is None else list(dict.fromkeys(value))
+
+
+def _check_mqtt_topic_filter(value: str) -> str:
+    """MQTT topic filter rules (MQTT 3.1.1 §4.7, 5.0 §4.7): ``+`` and ``#`` fill whole levels."""
+    if not value:
+        raise ValueError("topic filter must not be empty")
+    if "\x00" in value:
+        raise ValueError("topic filter must not contain the NUL character")
+    if len(value.encode()) > 65535:
+        raise ValueError("topic filter must be at most 65535 bytes")
+    if value.startswith(("$share/", "$queue/")):
+        raise ValueError("shared subscriptions ($share/...) are not supported: a trigger is already one consumer")
+    levels = value.split("/")
+    for number, level in enumerate(levels, start=1):
+        if "#" in level and (level != "#" or number != len(levels)):
+            raise ValueError(f"'#' must be a whole level and the last one (level {number} is {level!r})")
+        if "+" in level and level != "+":
+            raise ValueError(f"'+' must be a whole level (level {number} is {level!r})")
+    return value
+
+
+def _one_or_many(value: object) -> object:
+    return [value] if isinstance(value, str) else value
+
+
+def _mqtt_qos(value: object) -> object:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError("must be the integer 0 or 1")
+    return value
+
+
+def _mqtt_version(value: object) -> object:
+    text = str(value).strip().lower().removeprefix("v") if isinstance(value, str | int) else value
+    return {"5": "5", "5.0": "5", "3.1.1": "3.1.1", "311": "3.1.1", "4": "3.1.1"}.get(str(text), value)
+
+
+def _check_broker_address(value: str) -> str:
+    value = value.strip()
+    _check_endpoint(value, "broker address")
+    return value
+
+
+MqttTopicFilter = Annotated[str, AfterValidator(_check_mqtt_topic_filter)]
+
 
 class IoTDAEventData(EventData):
-    """Not documented yet: any object is accepted (a later issue defines the fields)."""
+    """IOTDA: device messages read from an MQTT broker (no FunctionGraph key set is public, §2.3).
+
+    The keys are Triggerbus's: where the broker is, which topic filters to subscribe and how, and
+    the ``product_id``/``app_id`` the events' ``notify_data.header`` carries. ``password`` is a
+    secret (stored encrypted, returned as ``******``). ``client_id`` is response-only: the
+    connector derives it from the trigger id, so a trigger keeps its MQTT session across restarts.
+    """
+
+    broker_address: Annotated[str, AfterValidator(_check_broker_address)] | None = None
+    topics: Annotated[list[MqttTopicFilter], BeforeValidator(_one_or_many), Field(max_length=32)]
+    qos: Annotated[Literal[0, 1], BeforeValidator(_mqtt_qos)] = 1
+    mqtt_version: Annotated[Literal["3.1.1", "5"], BeforeValidator(_mqtt_version)] = "5"
+    password: str | None = None  # before username, which is checked against it
+    username: Annotated[str, StringConstraints(min_length=1, max_length=1024)] | None = Field(
+        None, validate_default=True
+    )
+    product_id: NonEmptyStr | None = None
+    app_id: NonEmptyStr | None = None
+    session_expiry_s: Annotated[StrictInt, Field(ge=60, le=4294967295)] = 86400
+    client_id: str | None = None  # response-only
+
+    @field_validator("topics")
+    @classmethod
+    def _distinct_topics(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("must list at least one topic filter, e.g. '$oc/devices/+/sys/messages/up'")
+        return list(dict.fromkeys(value))
+
+    @field_validator("username")
+    @classmethod
+    def _user_for_password(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # Checked on username, not password: a validation error never echoes the password.
+        if not value and info.data.get("password") and info.data.get("mqtt_version") == "3.1.1":
+            raise ValueError("is required with a password over MQTT 3.1.1")
+        return value
 
 
 EVENT_DATA_MODELS: dict[TriggerType, type[EventData]] = {
@@ -590,6 +705,10 @@ SECRET_FIELDS: dict[TriggerType, frozenset[str]] = {kind: frozenset() for kind i
     TriggerType.OPENSOURCEKAFKA: frozenset({"kafka_password"}),
     TriggerType.RABBITMQ: frozenset({"access_password"}),
     TriggerType.ROCKETMQ: frozenset({"secret_key"}),
+    TriggerType.IOTDA: frozenset({"password"}),
+    # The S3 secret key of the trigger's endpoint; the webhook token is never stored (only its
+    # hash) but named here so the one response that shows it is masked in CTS traces.
+    TriggerType.OBS: frozenset({"secret_key", "webhook_token"}),
 }
 
 # Any secret name is masked whatever the type (event_data keeps unknown keys, so a password may

@@ -568,5 +568,88 @@ def records_show(ctx: click.Context, function: str, request_id: str) -> None:
         console.print(log_text, highlight=False, markup=False, soft_wrap=True)
 
 
+# -- traces (audit) ----------------------------------------------------------------------------------------
+
+
+@main.group()
+def traces() -> None:
+    """Query the audit log: CTS traces of management operations (last 7 days)."""
+
+
+def _since_ms(value: str) -> int:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if value[-1:] in units and value[:-1].isdigit():
+        return int((time.time() - int(value[:-1]) * units[value[-1]]) * 1000)
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not like 30m, 6h, 7d or an ISO time") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+@traces.command("list")
+@click.option("--since", default="1d", show_default=True, help="e.g. 30m, 6h, 7d or an ISO time (UTC)")
+@click.option("--name", "trace_name", default=None, help="operation, e.g. createTrigger")
+@click.option("--resource-type", default=None, help="e.g. Functions, Trigger")
+@click.option("--resource-id", default=None, help="function URN or trigger id")
+@click.option("--status", type=click.Choice(["normal", "warning", "incident"]), default=None)
+@click.option("--user", default=None)
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 5000))
+@click.option("--json", "as_json", is_flag=True, help="print the traces as JSON")
+@click.pass_context
+def traces_list(
+    ctx: click.Context,
+    since: str,
+    trace_name: str | None,
+    resource_type: str | None,
+    resource_id: str | None,
+    status: str | None,
+    user: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """Newest traces first, following the pages up to --limit."""
+    client = _client(ctx)
+    query: dict[str, Any] = {
+        "from": _since_ms(since),
+        "trace_name": trace_name,
+        "resource_type": resource_type,
+        "resource_id": resource_id,
+        "trace_status": status,
+        "user": user,
+    }
+    found: list[dict[str, Any]] = []
+    while len(found) < limit:
+        page = client.request(
+            "GET", f"/v3/{client.project}/traces", query={**query, "limit": min(200, limit - len(found))}
+        ).json()
+        found += page["traces"]
+        query["next"] = page["meta_data"]["marker"]
+        if not query["next"]:
+            break
+    if as_json:
+        click.echo(json.dumps(found, indent=2, ensure_ascii=False))
+        return
+    colors = {"normal": "green", "warning": "yellow", "incident": "red"}
+    table = Table("time (UTC)", "operation", "resource type", "resource", "user", "status", "code", "source ip",
+                  "trace id", title=f"{len(found)} traces")  # fmt: skip
+    for t in found:
+        level = str(t.get("trace_status", ""))
+        table.add_row(
+            datetime.fromtimestamp(int(t.get("time", 0)) / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S"),
+            str(t.get("trace_name", "")),
+            str(t.get("resource_type", "")),
+            str(t.get("resource_name") or t.get("resource_id", "")),
+            str((t.get("user") or {}).get("name", "")),
+            f"[{colors.get(level, 'white')}]{level}[/]",
+            str(t.get("code", "")),
+            str(t.get("source_ip", "")),
+            str(t.get("trace_id", "")),
+        )
+    console.print(table)
+
+
 if __name__ == "__main__":
     main()

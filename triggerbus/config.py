@@ -39,6 +39,16 @@ class Settings:
     obs_endpoint: str = field(default_factory=lambda: _env("TRIGGERBUS_OBS_ENDPOINT", ""))
     obs_access_key: str = field(default_factory=lambda: _env("TRIGGERBUS_OBS_ACCESS_KEY", ""))
     obs_secret_key: str = field(default_factory=lambda: _env("TRIGGERBUS_OBS_SECRET_KEY", ""))
+    # OBS triggers (docs/obs.md): the token of the shared notification URL /obs/events/<token>
+    # (empty: that URL is off), the SNS endpoint subscription confirmations may be fetched from,
+    # and the reconciliation scan (interval 0 = off unless a trigger sets reconcile_interval_s).
+    obs_webhook_token: str = field(default_factory=lambda: _env("TRIGGERBUS_OBS_WEBHOOK_TOKEN", ""))
+    obs_sns_endpoint: str = field(default_factory=lambda: _env("TRIGGERBUS_OBS_SNS_ENDPOINT", ""))
+    obs_reconcile_interval_s: float = field(
+        default_factory=lambda: float(_env("TRIGGERBUS_OBS_RECONCILE_INTERVAL_S", "0"))
+    )
+    obs_reconcile_settle_s: float = 60.0  # a notification may still arrive this long after the upload
+    obs_reconcile_lookback_s: float = 600.0  # objects listed again behind the watermark (late LastModified)
     max_sync_body: int = 6 * 1024 * 1024
     max_async_body: int = 256 * 1024
     max_api_body: int = 60 * 1024 * 1024  # function create: 40 MB zip as base64
@@ -61,6 +71,39 @@ class Settings:
     kafka_instances: dict[str, str] = field(
         default_factory=lambda: json.loads(_env("TRIGGERBUS_KAFKA_INSTANCES", "{}"))
     )
+    # RABBITMQ triggers without connect_address: instance id -> "host:port[,...]" or
+    # {"address": "host:port", "user": "name"}, e.g. TRIGGERBUS_RABBITMQ_INSTANCES='{"81335d56-...": "mq1:5672"}'
+    rabbitmq_instances: dict[str, str | dict[str, str]] = field(
+        default_factory=lambda: json.loads(_env("TRIGGERBUS_RABBITMQ_INSTANCES", "{}"))
+    )
+    # DDS/GAUSSMONGO triggers without a connection_uri: instance id -> MongoDB URI (no password:
+    # triggers give db_user/db_password), e.g.
+    # TRIGGERBUS_MONGO_INSTANCES='{"a1b2c3-...": "mongodb://10.0.0.5:8635,10.0.0.6:8635/?replicaSet=replica"}'
+    mongo_instances: dict[str, str] = field(
+        default_factory=lambda: json.loads(_env("TRIGGERBUS_MONGO_INSTANCES", "{}"))
+    )
+    # DIS streams and LTS log streams live in Redis Streams (docs/dis.md, docs/lts.md), e.g.
+    # TRIGGERBUS_STREAMS_REDIS=redis://127.0.0.1:6379/0; empty: no DIS/LTS APIs, triggers or DIS
+    # destinations. Every key lives under TRIGGERBUS_STREAMS_PREFIX.
+    streams_redis: str = field(default_factory=lambda: _env("TRIGGERBUS_STREAMS_REDIS", ""))
+    streams_prefix: str = field(default_factory=lambda: _env("TRIGGERBUS_STREAMS_PREFIX", "triggerbus"))
+    # How long a DIS/LTS trigger stays with a process that stopped renewing its lease.
+    streams_lease_ttl_s: float = 10.0
+    # IOTDA triggers without a broker_address read from this MQTT broker (host:port).
+    mqtt_broker: str = field(default_factory=lambda: _env("TRIGGERBUS_MQTT_BROKER", ""))
+    # How long an IOTDA trigger's MQTT session stays with a process that stopped renewing it.
+    mqtt_lease_ttl_s: float = 10.0
+    # The identity management-API traces name as their user (there is one token).
+    audit_user: str = field(default_factory=lambda: _env("TRIGGERBUS_AUDIT_USER", "triggerbus-admin"))
+    # How often owed CTS-trigger deliveries are looked for (after a crash between storing a
+    # trace and enqueuing its invocations), and how old a trace must be to count as owed.
+    cts_replay_interval_s: float = 30.0
+    cts_replay_grace_s: float = 10.0
+    # Publish MQTT messages to SMN topics, e.g. TRIGGERBUS_SMN_MQTT_BRIDGE=
+    # '{"broker": "127.0.0.1:1883", "topics": {"urn:smn:local:proj:orders": "smn/orders"}}'
+    smn_mqtt_bridge: dict[str, object] = field(
+        default_factory=lambda: json.loads(_env("TRIGGERBUS_SMN_MQTT_BRIDGE", "{}"))
+    )
 
     @property
     def shared_store(self) -> bool:
@@ -77,6 +120,9 @@ class Settings:
             raise ValueError(f"--bus must be 'sqlite' or 'kafka://host:port[,...]', not {self.bus_url!r}")
         if self.store_url != "sqlite" and not self.shared_store:
             raise ValueError(f"--store must be 'sqlite' or 'mongodb://...', not {self.store_url!r}")
+        if self.streams_redis and not self.streams_redis.startswith(("redis://", "rediss://", "unix://")):
+            # (the value is not echoed: it may hold a password)
+            raise ValueError("TRIGGERBUS_STREAMS_REDIS must be a redis://host:port/db, rediss:// or unix:// URL")
         if self.shared_store and not self.kafka_bus:
             raise ValueError("a MongoDB store is for several processes: use it with a Kafka bus (--bus kafka://...)")
         if self.shared_store:

@@ -24,12 +24,16 @@ from bus.sqlite import SQLiteBus
 from bus.sqlitedb import Database
 from connectors.apig import ApigConnector
 from connectors.base import ConnectorContext
+from connectors.cts import CTSConnector
+from connectors.dis import DISConnector
+from connectors.smn import SMNConnector
 from connectors.timer import TimerConnector
 from invoker.async_invoker import AsyncInvoker
 from invoker.batching import Batcher
 from invoker.completion import Completion, CompletionHub
 from invoker.concurrency import ConcurrencyLimiter
 from invoker.destinations import DestinationSink, DestinationWorker
+from invoker.dis_sink import DISSink
 from invoker.dispatcher import Dispatcher
 from invoker.envelope import (
     COMPLETIONS_TOPIC,
@@ -43,6 +47,7 @@ from invoker.obs_sink import OBSSink
 from invoker.retry import RetryPolicy
 from invoker.runtime.http_runtime import HttpRuntime
 from invoker.runtime.python_runtime import PythonRuntime
+from invoker.smn_sink import SMNSink
 from schemas.async_config import DestinationKind
 from triggerbus.config import Settings
 from triggerbus.invocations import InvocationService
@@ -108,6 +113,11 @@ class Service:
         sinks: dict[DestinationKind, DestinationSink] = {}
         if s.obs_endpoint:
             sinks[DestinationKind.OBS] = OBSSink(s.obs_endpoint, s.obs_access_key, s.obs_secret_key)
+        smn_sink = SMNSink()  # publishes through the SMN connector, attached below
+        sinks[DestinationKind.SMN] = smn_sink
+        dis_sink = DISSink() if s.streams_redis else None  # puts through the DIS connector, attached below
+        if dis_sink is not None:
+            sinks[DestinationKind.DIS] = dis_sink
         kinds = {DestinationKind.FUNCTIONGRAPH, *sinks}
         self.registry = FunctionRegistry(
             self.store,
@@ -157,6 +167,9 @@ class Service:
             options=self._options(),
         )
         self.connectors = [cls(ctx) for cls in CONNECTOR_CLASSES]
+        smn_sink.attach(self.smn)
+        if dis_sink is not None:
+            dis_sink.attach(self.dis)
         self.triggers = TriggerManager(self.store, self.secrets, self.registry)
         for connector in self.connectors:
             self.triggers.register(connector)
@@ -224,6 +237,27 @@ class Service:
             "timer_misfire_policy": s.timer_misfire_policy,
             "timer_catchup_window_s": s.timer_catchup_window_s,
             "kafka_instances": s.kafka_instances,
+            "smn_mqtt_bridge": s.smn_mqtt_bridge,
+            "cts_replay_interval_s": s.cts_replay_interval_s,
+            "cts_replay_grace_s": s.cts_replay_grace_s,
+            "rabbitmq_instances": s.rabbitmq_instances,
+            "mongo_instances": s.mongo_instances,
+            "shared_store": s.shared_store,  # several processes may run one trigger: take leases
+            "mqtt_broker": s.mqtt_broker,
+            "mqtt_lease_ttl_s": s.mqtt_lease_ttl_s,
+            "streams_redis": s.streams_redis,
+            "streams_prefix": s.streams_prefix,
+            "streams_lease_ttl_s": s.streams_lease_ttl_s,
+            "obs_endpoint": s.obs_endpoint,
+            "obs_access_key": s.obs_access_key,
+            "obs_secret_key": s.obs_secret_key,
+            "obs_webhook_token": s.obs_webhook_token,
+            "obs_sns_endpoint": s.obs_sns_endpoint,
+            "obs_reconcile_interval_s": s.obs_reconcile_interval_s,
+            "obs_reconcile_settle_s": s.obs_reconcile_settle_s,
+            "obs_reconcile_lookback_s": s.obs_reconcile_lookback_s,
+            "max_async_body": s.max_async_body,
+            "max_sync_body": s.max_sync_body,
             # the same group timeouts for trigger consumers as for the Kafka bus
             "kafka_consumer": {
                 "session_timeout_ms": int(s.kafka_session_timeout_s * 1000),
@@ -239,6 +273,18 @@ class Service:
     @property
     def timer(self) -> TimerConnector:
         return next(c for c in self.connectors if isinstance(c, TimerConnector))
+
+    @property
+    def smn(self) -> SMNConnector:
+        return next(c for c in self.connectors if isinstance(c, SMNConnector))
+
+    @property
+    def cts(self) -> CTSConnector:
+        return next(c for c in self.connectors if isinstance(c, CTSConnector))
+
+    @property
+    def dis(self) -> DISConnector:
+        return next(c for c in self.connectors if isinstance(c, DISConnector))
 
     def _own_urls(self) -> tuple[str, ...]:
         s = self.settings
@@ -271,7 +317,6 @@ class Service:
             except Exception:
                 log.exception("error while stopping")
         await self.dispatcher.close()
-        await self.completion.close()
         await self.bus.close()
         await self.store.close()
         if self.db is not None:

@@ -227,6 +227,12 @@ class TriggerManager:
         await self._deactivate(trigger.trigger_id)
         await self.store.delete_trigger(trigger.trigger_id)
         await self.store.audit("deleteTrigger", trigger.trigger_id, {"type": trigger.trigger_type})
+        connector = self.connectors.get(trigger.trigger_type)
+        if connector is not None:
+            try:
+                await connector.deleted(self._spec(trigger))
+            except Exception:  # the trigger is gone either way; the connector logs what it left behind
+                log.exception("cleaning up after deleting trigger %s failed", trigger.trigger_id)
 
     async def delete_all(self, fn: StoredFunction) -> int:
         triggers = await self.list(fn)

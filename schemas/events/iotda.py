@@ -54,6 +54,31 @@ class IoTDAHeader(FGModel):
     tags: list[IoTDATag] | None = Field(None, exclude_if=_absent)
 
 
+class IoTDAMessageBody(FGModel):
+    """``device.message``/``report`` body (IoTDA DeviceMessageReport): the topic and what was sent.
+
+    ``content`` is the message itself: parsed JSON when the payload is JSON, else the text, else
+    (binary payloads) its base64 form.
+    """
+
+    topic: str | None = Field(None, exclude_if=_absent)
+    content: Any = None
+
+
+class IoTDAServiceProperties(FGModel):
+    """One service of a property report: ``{"service_id", "properties", "event_time"}``."""
+
+    service_id: str
+    properties: dict[str, Any]
+    event_time: str | None = Field(None, exclude_if=_absent)
+
+
+class IoTDAPropertiesBody(FGModel):
+    """``device.property``/``report`` body (IoTDA DevicePropertiesReport): ``{"services": [...]}``."""
+
+    services: list[IoTDAServiceProperties]
+
+
 class IoTDANotifyData(FGModel):
     header: IoTDAHeader = Field(default_factory=IoTDAHeader)
     body: dict[str, Any] = Field(default_factory=dict)

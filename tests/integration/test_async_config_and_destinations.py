@@ -78,10 +78,6 @@ async def test_config_round_trip_in_fg_shape(harness: Harness) -> None:
             "topic_urn",
         ),
         (
-            {"destination_config": {"on_failure": {"destination": "SMN", "param": '{"topic_urn": "urn:smn:r:p:t"}'}}},
-            "SMN is not available in this service",
-        ),
-        (
             {"destination_config": {"on_failure": {"destination": "DIS", "param": '{"stream_name": "s"}'}}},
             "DIS is not available in this service",
         ),

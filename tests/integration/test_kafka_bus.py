@@ -29,7 +29,7 @@ def names() -> tuple[str, str]:
 
 @asynccontextmanager
 async def kafka_bus(
-    bootstrap: str, app_id: str, topic: str, *, max_in_flight: int = 1000
+    bootstrap: str, app_id: str, topic: str, *, max_in_flight: int = 1000, topic_prefix: str | None = None
 ) -> AsyncIterator[tuple[KafkaBus, Subscription]]:
     bus = KafkaBus(
         bootstrap,
@@ -39,6 +39,7 @@ async def kafka_bus(
         session_timeout_s=6,
         heartbeat_s=1,
         fetch_max_wait_ms=50,
+        topic_prefix=topic_prefix,
     )
     await bus.start()
     sub = bus.subscribe("g", [topic], max_in_flight=max_in_flight)
@@ -77,6 +78,21 @@ async def test_per_key_order_and_headers(kafka_bootstrap: str) -> None:
             assert {m.partition for m in got if m.key == k} and all(m.headers["h"] == k for m in got if m.key == k)
 
 
+async def test_deployments_sharing_a_cluster_do_not_see_each_others_events(kafka_bootstrap: str) -> None:
+    """Each deployment (app id) has its own topics: a new one must not replay an older one's backlog."""
+    topic = f"topic-{uuid.uuid4().hex[:8]}"
+    first, second = f"tb-test-{uuid.uuid4().hex[:8]}", f"tb-test-{uuid.uuid4().hex[:8]}"
+    async with kafka_bus(kafka_bootstrap, first, topic) as (bus, _):
+        await bus.publish(Outgoing(topic, b"first's", key="k"))
+        assert bus.physical(topic) == f"{first}.{topic}"
+    async with kafka_bus(kafka_bootstrap, second, topic) as (bus, sub):
+        await bus.publish(Outgoing(topic, b"second's", key="k"))
+        got = await drain(sub, 1)
+        got += await sub.fetch(10, 1.0)  # anything else would arrive with it
+        assert [m.value for m in got] == [b"second's"]
+        assert got[0].topic == topic  # consumers see the bus's topic names, not Kafka's
+
+
 async def test_only_contiguously_acked_offsets_are_committed(kafka_bootstrap: str) -> None:
     app_id, topic = names()
     async with kafka_bus(kafka_bootstrap, app_id, topic) as (bus, sub):
@@ -90,7 +106,7 @@ async def test_only_contiguously_acked_offsets_are_committed(kafka_bootstrap: st
         # (the committed offset, not lag(): tansu misreports end offsets after batched
         # produces, see docs/testing.md)
         admin, _ = await bus._clients()
-        partition = TopicPartition(topic, got[0].partition)
+        partition = TopicPartition(bus.physical(topic), got[0].partition)
         committed = await admin.list_consumer_group_offsets(app_id, partitions=[partition])
         assert committed[partition].offset == 3  # the next offset to read: 0-2 done, 3 and 4 not
     # a new process of the same group resumes after the contiguous prefix: 3..9 come again
@@ -195,13 +211,14 @@ async def test_members_share_partitions_and_take_over_from_a_killed_one(kafka_bo
 
 
 async def test_broadcast_reaches_every_process(kafka_bootstrap: str) -> None:
-    # (two Faust apps of one group in one process keep rebalancing: give each its own group)
+    # (two Faust apps of one group in one process keep rebalancing: give each its own group,
+    # on the same topics, as two processes of one deployment have)
     (app_a, topic), (app_b, _) = names(), names()
     broadcast = f"bcast-{uuid.uuid4().hex[:6]}"
     heard: dict[str, list[bytes]] = {"a": [], "b": []}
     async with (
-        kafka_bus(kafka_bootstrap, app_a, topic) as (bus_a, _),
-        kafka_bus(kafka_bootstrap, app_b, topic) as (bus_b, _),
+        kafka_bus(kafka_bootstrap, app_a, topic, topic_prefix=app_a) as (bus_a, _),
+        kafka_bus(kafka_bootstrap, app_b, topic, topic_prefix=app_a) as (bus_b, _),
     ):
         bus_a.listen_broadcast(broadcast, lambda m: heard["a"].append(m.value))
         bus_b.listen_broadcast(broadcast, lambda m: heard["b"].append(m.value))

@@ -601,7 +601,7 @@ class CompletingIngest:
         for item in items:
             self.seen[(item.source["partition"], item.source["offset"])] += 1
         done = Completion(str(uuid.uuid4()), items[0].trigger_id, tuple(i.item_id for i in items), AsyncStatus.SUCCESS)
-        asyncio.get_running_loop().call_later(0.02, self.completion.done, done)
+        asyncio.get_running_loop().call_later(0.02, self.completion.receive, done)
 
     async def reject(self, items: list[StreamItem], **kw: Any) -> str:
         raise AssertionError("nothing is rejected here")

@@ -11,6 +11,7 @@ import textwrap
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -141,6 +142,26 @@ async def test_retention_keeps_what_a_group_has_not_committed(bus: SQLiteBus) ->
     assert deleted == 3
     lag = await bus.lag("slow", "t")
     assert sum(lag.values()) == 7
+
+
+async def test_retention_deletes_a_large_backlog_in_slices(bus: SQLiteBus) -> None:
+    bus.compact_slice = 4
+    slices: list[int] = []
+    original = bus._delete_slice
+
+    def counting(conn: Any, **where: Any) -> int:
+        slices.append(original(conn, **where))
+        return slices[-1]
+
+    await bus.publish(*[Outgoing("t", str(i).encode(), key="k") for i in range(10)])
+    sub = bus.subscribe("g", ["t"])
+    for m in await drain(sub, 10):
+        sub.ack(m)
+    await sub.commit()
+    bus._delete_slice = counting  # type: ignore[method-assign]
+    assert await bus.compact() == 10
+    assert [n for n in slices if n] == [4, 4, 2]  # three short transactions, not one long one
+    assert await bus.compact() == 0
 
 
 async def test_lag_counts_uncommitted_messages(bus: SQLiteBus) -> None:

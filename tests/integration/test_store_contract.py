@@ -25,7 +25,14 @@ from invoker.records import PAYLOAD_KEEP_BYTES, RESPONSE_KEEP_BYTES, Attempt, Re
 from schemas.async_config import AsyncInvokeConfig
 from schemas.records import AsyncStatus
 from triggerbus.store.base import Store
-from triggerbus.store.models import StoredFunction, StoredTrigger
+from triggerbus.store.models import (
+    StoredDISStream,
+    StoredFunction,
+    StoredLogGroup,
+    StoredLogStream,
+    StoredTopic,
+    StoredTrigger,
+)
 from triggerbus.store.mongo import (
     RECORDS_BY_FUNCTION,
     RECORDS_BY_FUNCTION_STATUS,
@@ -36,6 +43,7 @@ from triggerbus.store.mongo import (
     MongoStore,
 )
 from triggerbus.store.sqlite import SQLiteStore
+from triggerbus.store.traces import CURRENT_AUDIT_SCOPE, AuditScope, TraceEntry, TraceQuery, UnknownMarker
 
 pytestmark = pytest.mark.integration
 
@@ -783,3 +791,245 @@ async def test_mongo_record_queries_scan_their_index(mongo_store: MongoStore, qu
     plan = await explain_winning_plan(mongo_store, query)
     assert index_scans(plan) == [index], plan
     assert "COLLSCAN" not in str(plan)
+
+
+# -- CTS traces (the audit log) and SMN topics ----------------------------------------------------
+
+
+def cts_trace(trace_id: str, time_ms: int, **fields: Any) -> dict[str, Any]:
+    trace: dict[str, Any] = {
+        "time": time_ms,
+        "user": {"name": "alice", "id": "", "domain": {"name": "", "id": ""}},
+        "request": {},
+        "response": {},
+        "code": 200,
+        "service_type": "FunctionGraph",
+        "resource_type": "Trigger",
+        "resource_name": "fn",
+        "resource_id": "t1",
+        "trace_name": "createTrigger",
+        "trace_type": "ApiCall",
+        "record_time": time_ms,
+        "trace_id": trace_id,
+        "trace_status": "normal",
+    }
+    trace.update(fields)
+    return trace
+
+
+async def trace_ids(store: Store, query: TraceQuery) -> list[str]:
+    return [e.trace_id for e in await store.list_traces(query)]
+
+
+async def test_audit_writes_system_action_traces_with_secrets_masked(store: Store) -> None:
+    detail = {"topic": "t", "password": "hunter2", "connection_uri": "mongodb://u:pw@db:27017/x", "n": 1}
+    await store.audit("kafkaRecordDropped", "trigger-1", detail)
+    [entry] = await store.list_traces(TraceQuery())
+    trace = entry.trace
+    assert trace["trace_type"] == "SystemAction"
+    assert trace["trace_name"] == "kafkaRecordDropped"
+    assert (trace["resource_id"], trace["resource_type"]) == ("trigger-1", "Trigger")
+    assert trace["service_type"] == "FunctionGraph" and trace["trace_status"] == "normal"
+    assert isinstance(trace["time"], int) and trace["record_time"] == trace["time"]
+    masked = {"topic": "t", "password": "******", "connection_uri": "mongodb://u:******@db:27017/x", "n": 1}
+    assert entry.detail == masked
+    assert trace["response"] == masked
+    assert "hunter2" not in str(await store.audit_log()) and "pw@" not in str(trace)
+
+
+async def test_audit_inside_an_api_request_is_left_to_the_request(store: Store) -> None:
+    scope = AuditScope()
+    token = CURRENT_AUDIT_SCOPE.set(scope)
+    try:
+        await store.audit("createTrigger", "t1", {"type": "TIMER"})  # a management operation: the request's
+        await store.audit("kafkaStartPosition", "t1", {"offset": 3})  # an internal action: written now
+        absorbed = [(o.action, o.resource, o.detail) for o in scope.operations]
+        assert absorbed == [("createTrigger", "t1", {"type": "TIMER"})]
+        assert [e["action"] for e in await store.audit_log()] == ["kafkaStartPosition"]
+        scope.close()  # e.g. a task the request started, auditing after the request ended
+        await store.audit("deleteTrigger", "t1", {})
+    finally:
+        CURRENT_AUDIT_SCOPE.reset(token)
+    assert [e["action"] for e in await store.audit_log()] == ["deleteTrigger", "kafkaStartPosition"]
+    assert len(scope.operations) == 1
+
+
+async def test_traces_insert_once_and_query_by_fields_and_time(store: Store) -> None:
+    assert await store.insert_trace(TraceEntry(cts_trace("a", 1000)))
+    assert not await store.insert_trace(TraceEntry(cts_trace("a", 9999, trace_name="other")))
+    await store.insert_trace(TraceEntry(cts_trace("b", 2000, trace_name="deleteTrigger", trace_status="warning")))
+    await store.insert_trace(TraceEntry(cts_trace("c", 3000, resource_type="Functions", resource_id="urn:f")))
+    await store.insert_trace(TraceEntry(cts_trace("d", 4000, user={"name": "bob"}, service_type="SMN")))
+    assert await trace_ids(store, TraceQuery()) == ["d", "c", "b", "a"]
+    assert (await store.list_traces(TraceQuery(trace_id="a")))[0].trace["trace_name"] == "createTrigger"
+    assert await trace_ids(store, TraceQuery(trace_name="deleteTrigger")) == ["b"]
+    assert await trace_ids(store, TraceQuery(trace_status="warning")) == ["b"]
+    assert await trace_ids(store, TraceQuery(resource_type="Functions", resource_id="urn:f")) == ["c"]
+    assert await trace_ids(store, TraceQuery(user="bob")) == ["d"]
+    assert await trace_ids(store, TraceQuery(service_type="SMN")) == ["d"]
+    assert await trace_ids(store, TraceQuery(begin_ms=2000, end_ms=3000)) == ["c", "b"]
+    assert await trace_ids(store, TraceQuery(trace_name="createTrigger", begin_ms=1500)) == ["d", "c"]
+
+
+async def test_trace_pages_follow_the_marker_through_equal_times(store: Store) -> None:
+    for i in range(5):
+        await store.insert_trace(TraceEntry(cts_trace(f"same-{i}", 5000)))
+    await store.insert_trace(TraceEntry(cts_trace("older", 100)))
+    seen: list[str] = []
+    after = None
+    while True:
+        page = await trace_ids(store, TraceQuery(limit=2, after=after))
+        if not page:
+            break
+        seen += page
+        after = page[-1]
+    assert seen == ["same-4", "same-3", "same-2", "same-1", "same-0", "older"]
+    with pytest.raises(UnknownMarker):
+        await store.list_traces(TraceQuery(after="no-such-trace"))
+
+
+async def test_traces_keep_arbitrary_json_and_detail(store: Store) -> None:
+    odd = cts_trace(
+        "odd",
+        10,
+        resource_id={"$oid": "x"},
+        request={"$set": {"a.b": 1}, "list": [1, {"$gt": 2}]},
+        new_v4_key={"kept": True},
+    )
+    await store.insert_trace(TraceEntry(odd, detail={"k.dotted": "v", "$op": 1}))
+    [entry] = await store.list_traces(TraceQuery(trace_id="odd"))
+    assert entry.trace == odd
+    assert entry.detail == {"k.dotted": "v", "$op": 1}
+    assert await trace_ids(store, TraceQuery(resource_id='{"$oid": "x"}')) == ["odd"]
+
+
+async def test_pending_traces_until_delivered(store: Store) -> None:
+    targets = [{"trigger_id": "t1", "function_urn": FN_Q}, {"trigger_id": "t2", "function_urn": OTHER_Q}]
+    await store.insert_trace(TraceEntry(cts_trace("owed", 1), targets=targets, recorded=100.0))
+    await store.insert_trace(TraceEntry(cts_trace("none", 2), recorded=100.0))
+    await store.insert_trace(TraceEntry(cts_trace("new", 3), targets=targets[:1], recorded=500.0))
+    assert [e.trace_id for e in await store.pending_traces(200.0, 10)] == ["owed"]
+    assert (await store.pending_traces(200.0, 10))[0].targets == targets
+    assert [e.trace_id for e in await store.pending_traces(1000.0, 10)] == ["owed", "new"]
+    await store.trace_delivered("owed")
+    assert [e.trace_id for e in await store.pending_traces(1000.0, 10)] == ["new"]
+    assert (await store.list_traces(TraceQuery(trace_id="owed")))[0].targets == []
+
+
+async def test_topics_create_once_list_per_project_and_delete(store: Store) -> None:
+    def topic(name: str, project: str = PROJECT, created: float = 1.0) -> StoredTopic:
+        urn = f"urn:smn:local:{project}:{name}"
+        return StoredTopic(topic_urn=urn, project_id=project, name=name, topic_id=uuid4().hex, created=created)
+
+    first = topic("orders", created=1.0)
+    assert await store.put_topic(first)
+    assert not await store.put_topic(topic("orders", created=2.0))
+    assert await store.get_topic(first.topic_urn) == first
+    for i, name in enumerate(("b", "c", "d")):
+        await store.put_topic(topic(name, created=10.0 + i))
+    await store.put_topic(topic("elsewhere", project="proj2"))
+    page, count = await store.list_topics(PROJECT, 1, 2)
+    assert [t.name for t in page] == ["b", "c"] and count == 4
+    assert await store.delete_topic(first.topic_urn)
+    assert not await store.delete_topic(first.topic_urn)
+    assert await store.get_topic(first.topic_urn) is None
+    assert (await store.list_topics("proj2", 0, 100))[1] == 1
+
+
+async def test_sqlite_retention_drops_old_traces(tmp_path: Path) -> None:
+    db = Database(tmp_path / "store.db")
+    await db.open()
+    try:
+        sqlite = SQLiteStore(db)
+        await sqlite.start()
+        await sqlite.insert_trace(TraceEntry(cts_trace("old", 1), recorded=100.0))
+        await sqlite.insert_trace(TraceEntry(cts_trace("new", 2), recorded=time.time()))
+        await sqlite.purge_records(time.time() - 60)
+        assert await trace_ids(sqlite, TraceQuery()) == ["new"]
+    finally:
+        await db.close()
+
+
+async def test_audit_log_shows_only_what_components_audited(store: Store) -> None:
+    await store.insert_trace(TraceEntry(cts_trace("refused", 1, code=400), detail=None))  # the API layer's alone
+    await store.insert_trace(TraceEntry(cts_trace("done", 2), detail={}))
+    await store.audit("deleteTrigger", "t1", {"type": "TIMER"})
+    assert [e["action"] for e in await store.audit_log()] == ["deleteTrigger", "createTrigger"]
+    assert [e["resource"] for e in await store.audit_log()] == ["t1", "t1"]
+    assert await trace_ids(store, TraceQuery(trace_name="createTrigger")) == ["done", "refused"]
+    [refused] = await store.list_traces(TraceQuery(trace_id="refused"))
+    assert refused.detail is None
+
+
+# -- DIS streams and LTS log groups/streams ----------------------------------------------------------
+
+
+async def test_dis_streams_are_unique_per_project_paged_and_deleted(store: Store) -> None:
+    def stream(name: str, project: str = PROJECT, created: float = 1.0) -> StoredDISStream:
+        return StoredDISStream(
+            project_id=project,
+            stream_name=name,
+            stream_id=uuid4().hex,
+            partition_count=2,
+            data_duration=24,
+            created=created,
+        )
+
+    first = stream("clicks", created=1.0)
+    assert await store.put_dis_stream(first)
+    assert not await store.put_dis_stream(stream("clicks", created=2.0))  # the name is taken
+    assert await store.put_dis_stream(stream("clicks", project="proj2"))  # in another project it is not
+    assert await store.get_dis_stream(PROJECT, "clicks") == first
+    assert await store.get_dis_stream("proj2", "missing") is None
+    for i, name in enumerate(("b", "c", "d")):
+        await store.put_dis_stream(stream(name, created=10.0 + i))
+    page, count = await store.list_dis_streams(PROJECT, 1, 2)
+    assert [s.stream_name for s in page] == ["b", "c"] and count == 4
+    assert await store.delete_dis_stream(PROJECT, "clicks")
+    assert not await store.delete_dis_stream(PROJECT, "clicks")
+    assert await store.get_dis_stream(PROJECT, "clicks") is None
+    assert (await store.get_dis_stream("proj2", "clicks")) is not None
+    assert (await store.list_dis_streams(PROJECT, 0, 100))[1] == 3
+
+
+async def test_log_groups_and_streams_unique_names_listing_and_cascading_delete(store: Store) -> None:
+    def group(name: str, project: str = PROJECT, created: float = 1.0) -> StoredLogGroup:
+        return StoredLogGroup(log_group_id=str(uuid4()), project_id=project, name=name, ttl_in_days=7, created=created)
+
+    def stream(group_id: str, name: str, created: float = 1.0) -> StoredLogStream:
+        return StoredLogStream(
+            log_stream_id=str(uuid4()),
+            log_group_id=group_id,
+            project_id=PROJECT,
+            name=name,
+            ttl_in_days=7,
+            created=created,
+        )
+
+    apps = group("apps", created=1.0)
+    assert await store.put_log_group(apps)
+    assert not await store.put_log_group(group("apps", created=2.0))
+    assert await store.put_log_group(group("apps", project="proj2"))
+    other = group("other", created=3.0)
+    assert await store.put_log_group(other)
+    assert await store.get_log_group(apps.log_group_id) == apps
+    assert [g.name for g in await store.list_log_groups(PROJECT)] == ["apps", "other"]
+
+    raw = stream(apps.log_group_id, "raw", created=5.0)
+    assert await store.put_log_stream(raw)
+    assert not await store.put_log_stream(stream(apps.log_group_id, "raw"))
+    assert await store.put_log_stream(stream(other.log_group_id, "raw"))  # unique per group only
+    filtered = stream(apps.log_group_id, "filtered", created=6.0)
+    assert await store.put_log_stream(filtered)
+    assert await store.get_log_stream(raw.log_stream_id) == raw
+    assert [s.name for s in await store.list_log_streams(apps.log_group_id)] == ["raw", "filtered"]
+    assert await store.delete_log_stream(filtered.log_stream_id)
+    assert not await store.delete_log_stream(filtered.log_stream_id)
+    assert [s.name for s in await store.list_log_streams(apps.log_group_id)] == ["raw"]
+
+    assert await store.delete_log_group(apps.log_group_id)
+    assert not await store.delete_log_group(apps.log_group_id)
+    assert await store.get_log_group(apps.log_group_id) is None
+    assert await store.get_log_stream(raw.log_stream_id) is None  # went with its group
+    assert await store.list_log_streams(apps.log_group_id) == []
+    assert len(await store.list_log_streams(other.log_group_id)) == 1

@@ -131,10 +131,10 @@ async def test_timer_trigger_crud_in_fg_shape(harness: Harness) -> None:
         ),
         (
             {
-                "trigger_type_code": "LTS",
-                "event_data": {"log_group_id": "g", "log_topic_id": "t"},
+                "trigger_type_code": "ROCKETMQ",
+                "event_data": {"instance_id": "i", "topic": "t", "consumer_group": "g"},
             },
-            "LTS triggers are not served by this Triggerbus yet",
+            "ROCKETMQ triggers are not served by this Triggerbus yet",
         ),
     ],
 )

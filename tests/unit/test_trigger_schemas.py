@@ -41,7 +41,7 @@ VALID: dict[str, dict[str, Any]] = {
     "OBS": {"bucket": "input-picture2", "events": ["s3:ObjectCreated:*"], "name": "obs-event-1ec7"},
     "SMN": {"topic_urn": "urn:smn:eu-de:0162c0f220284698b77a3d264376343a:Failed_times"},
     "EVENTGRID": {"channel_name": "default", "source_name": "HC.OBS.DWR"},
-    "IOTDA": {},
+    "IOTDA": {"topics": ["$oc/devices/+/sys/messages/up"]},
 }
 VALID["DEDICATEDGATEWAY"] = VALID["APIC"] = VALID["APIG"]
 VALID["GAUSSMONGO"] = VALID["DDS"]
@@ -599,9 +599,14 @@ def test_eventgrid_key_encode_alias() -> None:
     )
 
 
-def test_iotda_is_permissive() -> None:
-    data = {"instance_id": "x", "rule": {"resource": "device.message"}, "whatever": [1, 2]}
-    assert parse_event_data("IOTDA", data).dump() == data
+def test_iotda_keeps_unknown_keys_and_fills_defaults() -> None:
+    data = {"topics": ["$oc/devices/+/sys/messages/up"], "rule": {"resource": "device.message"}}
+    assert parse_event_data("IOTDA", data).dump() == {**data, "qos": 1, "mqtt_version": "5", "session_expiry_s": 86400}
+
+
+def test_iotda_needs_topics() -> None:
+    with pytest.raises(FSSError, match=r"event_data\.topics"):
+        parse_event_data("IOTDA", {"instance_id": "x"})
 
 
 # ---------------------------------------------------------------------------- status rules

@@ -1,7 +1,7 @@
-"""The FunctionGraph-compatible REST API (``/v2/{project_id}/fgs/...``) and the APIG ingress.
+"""The FunctionGraph-compatible REST API (``/v2/{project_id}/fgs/...``) and the connectors' endpoints.
 
-Every request needs ``X-Auth-Token`` except ``/health`` and the APIG ingress (which
-applies each API's own auth). Every error is a FunctionGraph body
+Every request needs ``X-Auth-Token`` except ``/health`` and the connectors' public
+ingress paths (the APIG ingress applies each API's own auth). Every error is a FunctionGraph body
 ``{"error_code": "FSS.xxxx", "error_msg": "..."}``; nothing escapes as a bare 500.
 """
 
@@ -14,15 +14,15 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from connectors.apig import INGRESS_PREFIX
 from schemas.errors import FSSError, forbidden, internal, method_not_allowed, not_found, unauthorized
-from triggerbus.api import functions, invocations, records, triggers
+from triggerbus.api import dis, functions, invocations, lts, records, smn, traces, triggers
 from triggerbus.api.common import SERVICE_KEY, fss_response, json_response
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PUBLIC_PATHS = ("/health",)
+PUBLIC_PREFIXES: web.AppKey[tuple[str, ...]] = web.AppKey("public_prefixes", tuple)
 
 
 @web.middleware
@@ -51,7 +51,9 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     path = request.path
-    if path in PUBLIC_PATHS or path == INGRESS_PREFIX or path.startswith(INGRESS_PREFIX + "/"):
+    if path in PUBLIC_PATHS or any(
+        path == prefix or path.startswith(prefix + "/") for prefix in request.app[PUBLIC_PREFIXES]
+    ):
         return await handler(request)
     token = request.headers.get("X-Auth-Token")
     if not token:
@@ -68,13 +70,22 @@ async def health(request: web.Request) -> web.Response:
 
 
 def create_app(service: object, *, client_max_size: int) -> web.Application:
-    app = web.Application(middlewares=[errors_middleware, auth_middleware], client_max_size=client_max_size)
+    # Innermost, the audit: it sees only authenticated requests and the handler's own errors.
+    app = web.Application(
+        middlewares=[errors_middleware, auth_middleware, traces.trace_middleware], client_max_size=client_max_size
+    )
     app[SERVICE_KEY] = service
     app.router.add_get("/health", health)
     functions.add_routes(app.router)
     invocations.add_routes(app.router)
     records.add_routes(app.router)
     triggers.add_routes(app.router)
-    apig = service.apig  # type: ignore[attr-defined]
-    app.router.add_route("*", INGRESS_PREFIX + "{tail:(/.*)?}", apig.handle)
+    smn.add_routes(app.router)
+    dis.add_routes(app.router)
+    lts.add_routes(app.router)
+    traces.add_routes(app.router)
+    connectors = service.connectors  # type: ignore[attr-defined]
+    app[PUBLIC_PREFIXES] = tuple(prefix for c in connectors for prefix in c.public_prefixes)
+    for connector in connectors:
+        connector.add_routes(app.router)
     return app

@@ -12,7 +12,15 @@ from typing import Any, Protocol
 
 from invoker.records import Attempt, Record, RecordQuery, RecordState
 from schemas.async_config import AsyncInvokeConfig
-from triggerbus.store.models import StoredFunction, StoredTrigger
+from triggerbus.store.models import (
+    StoredDISStream,
+    StoredFunction,
+    StoredLogGroup,
+    StoredLogStream,
+    StoredTopic,
+    StoredTrigger,
+)
+from triggerbus.store.traces import TraceEntry, TraceQuery
 
 
 class Store(Protocol):
@@ -110,7 +118,80 @@ class Store(Protocol):
 
     async def delete_checkpoints(self, trigger_id: str) -> None: ...
 
-    # audit
-    async def audit(self, action: str, resource: str, detail: dict[str, Any]) -> None: ...
+    # audit = CTS traces (triggerbus.store.traces)
+    async def audit(self, action: str, resource: str, detail: dict[str, Any]) -> None:
+        """Record an action as a CTS trace (handed to the running API request, if any)."""
+        ...
 
-    async def audit_log(self, limit: int = 100) -> list[dict[str, Any]]: ...
+    async def audit_log(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Newest traces first as ``{ts, action, resource, detail, trace_id}``."""
+        ...
+
+    async def insert_trace(self, entry: TraceEntry) -> bool:
+        """Store a trace with its detail and owed deliveries; False if its trace id exists."""
+        ...
+
+    async def list_traces(self, query: TraceQuery) -> list[TraceEntry]:
+        """Newest first (time, then insertion order); raises UnknownMarker for a bad ``after``."""
+        ...
+
+    async def pending_traces(self, recorded_before: float, limit: int) -> list[TraceEntry]:
+        """Traces stored before ``recorded_before`` that still owe CTS-trigger deliveries."""
+        ...
+
+    async def trace_delivered(self, trace_id: str) -> None:
+        """Clear a trace's owed deliveries (they are on the bus now)."""
+        ...
+
+    # SMN topics (subscriptions are SMN triggers)
+    async def put_topic(self, topic: StoredTopic) -> bool:
+        """Insert if absent; False if a topic with that URN exists."""
+        ...
+
+    async def get_topic(self, topic_urn: str) -> StoredTopic | None: ...
+
+    async def list_topics(self, project_id: str, offset: int, limit: int) -> tuple[list[StoredTopic], int]:
+        """A page of a project's topics, oldest first, and the project's topic count."""
+        ...
+
+    async def delete_topic(self, topic_urn: str) -> bool: ...
+
+    # DIS streams (records live in Redis; this is their metadata)
+    async def put_dis_stream(self, stream: StoredDISStream) -> bool:
+        """Insert if absent; False if the project has a stream of that name."""
+        ...
+
+    async def get_dis_stream(self, project_id: str, stream_name: str) -> StoredDISStream | None: ...
+
+    async def list_dis_streams(self, project_id: str, offset: int, limit: int) -> tuple[list[StoredDISStream], int]:
+        """A page of a project's streams, oldest first, and the project's stream count."""
+        ...
+
+    async def delete_dis_stream(self, project_id: str, stream_name: str) -> bool: ...
+
+    # LTS log groups and log streams (logs live in Redis; this is their metadata)
+    async def put_log_group(self, group: StoredLogGroup) -> bool:
+        """Insert if absent; False if the project has a group of that name."""
+        ...
+
+    async def get_log_group(self, log_group_id: str) -> StoredLogGroup | None: ...
+
+    async def list_log_groups(self, project_id: str) -> list[StoredLogGroup]:
+        """A project's log groups, oldest first."""
+        ...
+
+    async def delete_log_group(self, log_group_id: str) -> bool:
+        """Also deletes the group's log streams."""
+        ...
+
+    async def put_log_stream(self, stream: StoredLogStream) -> bool:
+        """Insert if absent; False if the group has a stream of that name."""
+        ...
+
+    async def get_log_stream(self, log_stream_id: str) -> StoredLogStream | None: ...
+
+    async def list_log_streams(self, log_group_id: str) -> list[StoredLogStream]:
+        """A group's log streams, oldest first."""
+        ...
+
+    async def delete_log_stream(self, log_stream_id: str) -> bool: ...

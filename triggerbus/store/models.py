@@ -45,3 +45,48 @@ class StoredTrigger(BaseModel):
     updated: float = Field(default_factory=time.time)
     last_error: str = ""
     last_error_at: float | None = None
+
+
+class StoredTopic(BaseModel):
+    """An SMN topic of the built-in SMN-compatible API (subscriptions are the SMN triggers)."""
+
+    topic_urn: str  # urn:smn:<region>:<project_id>:<name>
+    project_id: str
+    name: str
+    display_name: str = ""
+    topic_id: str  # 32 hex characters, as SMN's topic_id
+    created: float = Field(default_factory=time.time)
+
+
+class StoredDISStream(BaseModel):
+    """A DIS stream of the built-in DIS-compatible API; its records live in Redis, one stream per shard."""
+
+    project_id: str
+    stream_name: str  # unique per project
+    stream_id: str  # 32 hex characters; names the Redis keys, so a re-created stream starts empty
+    partition_count: int
+    data_duration: int  # retention in hours
+    stream_type: str = "COMMON"
+    data_type: str = "BLOB"
+    created: float = Field(default_factory=time.time)
+
+
+class StoredLogGroup(BaseModel):
+    """An LTS log group of the built-in LTS-compatible API."""
+
+    log_group_id: str  # a UUID, as LTS's
+    project_id: str
+    name: str  # unique per project
+    ttl_in_days: int
+    created: float = Field(default_factory=time.time)
+
+
+class StoredLogStream(BaseModel):
+    """An LTS log stream (``log_topic_id`` in trigger configs); its logs live in one Redis stream."""
+
+    log_stream_id: str  # a UUID, as LTS's
+    log_group_id: str
+    project_id: str
+    name: str  # unique per log group
+    ttl_in_days: int  # the group's, unless set on the stream
+    created: float = Field(default_factory=time.time)

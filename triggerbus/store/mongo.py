@@ -33,10 +33,24 @@ Collections and why they look the way they do:
 ``leases``
     ``_id`` = lease name, ``owner``, ``until`` (epoch seconds of the holder's clock; hosts
     must keep NTP time anyway, timers fire on wall-clock schedules).
-``timer_state``, ``timer_fires``, ``checkpoints``, ``audit``
+``timer_state``, ``timer_fires``, ``checkpoints``
     As in SQLite; the fire fence is a unique index on (trigger_id, scheduled).
+``traces``
+    The audit log as CTS traces (:mod:`triggerbus.store.traces`): the searchable scalar
+    fields as top-level fields, the trace itself, its audit detail and its owed CTS-trigger
+    deliveries as JSON text (ingested traces are arbitrary JSON: keys MongoDB would refuse
+    or read as operators stay text). ``trace_id`` is unique; newest-first pages sort by
+    (``time_ms``, ``_id``). The older ``audit`` collection is no longer written; its TTL
+    index empties it.
+``smn_topics``
+    The SMN topics of the built-in SMN API, ``_id`` = topic URN.
+``dis_streams``, ``lts_groups``, ``lts_streams``
+    Metadata of the built-in DIS and LTS APIs (their records live in Redis). ``_id`` =
+    ``<project_id>/<stream_name>`` for DIS streams (the name is the key, per project), the
+    group or stream UUID for LTS; unique indexes keep group names unique per project and
+    stream names per group.
 
-Retention: ``records`` (terminal ones only, through a partial index), ``audit`` and
+Retention: ``records`` (terminal ones only, through a partial index), ``traces`` and
 ``timer_fires`` carry a TTL index on ``created_at`` with ``expireAfterSeconds =
 retention_s`` (default 7 days), so the database drops old documents by itself even if
 no process runs housekeeping. :meth:`MongoStore.purge_records` and
@@ -61,7 +75,23 @@ from pymongo.errors import DuplicateKeyError, OperationFailure
 from invoker.records import PAYLOAD_KEEP_BYTES, RESPONSE_KEEP_BYTES, Attempt, Record, RecordQuery, RecordState
 from schemas.async_config import AsyncInvokeConfig
 from schemas.records import AsyncStatus
-from triggerbus.store.models import StoredFunction, StoredTrigger
+from triggerbus.store.models import (
+    StoredDISStream,
+    StoredFunction,
+    StoredLogGroup,
+    StoredLogStream,
+    StoredTopic,
+    StoredTrigger,
+)
+from triggerbus.store.traces import (
+    TraceEntry,
+    TraceQuery,
+    UnknownMarker,
+    absorbed_by_request,
+    audit_view,
+    system_entry,
+    trace_columns,
+)
 
 DEFAULT_RETENTION_S = 7 * 86400
 PURGE_SLICE = 5000  # records deleted per purge_records call, so other writers are not held up
@@ -76,7 +106,8 @@ RECORDS_BY_STATUS = "records_status"
 RECORDS_BY_TRIGGER = "records_trigger"
 RECORDS_BY_SOURCE = "records_source"
 RECORDS_TTL = "records_ttl"
-AUDIT_TTL = "audit_ttl"
+AUDIT_TTL = "audit_ttl"  # on ``traces`` (the audit log)
+TRACES_BY_TIME = "traces_time"
 TIMER_FIRES_TTL = "timer_fires_ttl"
 
 # Codes MongoDB answers when an index of that name exists with other options
@@ -265,7 +296,12 @@ class MongoStore:
         self.timer_state: Any = self.db["timer_state"]
         self.timer_fires: Any = self.db["timer_fires"]
         self.checkpoints: Any = self.db["checkpoints"]
-        self.audit_entries: Any = self.db["audit"]
+        self.traces: Any = self.db["traces"]
+        self.audit_entries: Any = self.traces  # the audit log is the trace log
+        self.topics: Any = self.db["smn_topics"]
+        self.dis_streams: Any = self.db["dis_streams"]
+        self.log_groups: Any = self.db["lts_groups"]
+        self.log_streams: Any = self.db["lts_streams"]
         # Code packages reach 40 MB, past the 16 MB document limit: GridFS (code.files, code.chunks).
         self.code: Any = AsyncIOMotorGridFSBucket(self.db, bucket_name="code")
 
@@ -305,8 +341,22 @@ class MongoStore:
         await self.checkpoints.create_index(
             [("trigger_id", ASCENDING), ("name", ASCENDING)], name="checkpoints_key", unique=True
         )
-        await self.audit_entries.create_index([("ts", DESCENDING), ("_id", DESCENDING)], name="audit_ts")
-        await self._ttl_index(self.audit_entries, AUDIT_TTL)
+        await self.traces.create_index([("trace_id", ASCENDING)], name="traces_id", unique=True)
+        await self.traces.create_index([("time_ms", DESCENDING), ("_id", DESCENDING)], name=TRACES_BY_TIME)
+        await self.traces.create_index([("resource_id", ASCENDING), ("time_ms", DESCENDING)], name="traces_resource")
+        await self.traces.create_index([("trace_name", ASCENDING), ("time_ms", DESCENDING)], name="traces_name")
+        await self.traces.create_index([("pending", ASCENDING), ("recorded", ASCENDING)], name="traces_pending")
+        await self._ttl_index(self.traces, AUDIT_TTL)
+        await self.topics.create_index([("project_id", ASCENDING), ("created", ASCENDING)], name="smn_topics_project")
+        await self.dis_streams.create_index(
+            [("project_id", ASCENDING), ("created", ASCENDING)], name="dis_streams_project"
+        )
+        await self.log_groups.create_index(
+            [("project_id", ASCENDING), ("name", ASCENDING)], name="lts_groups_name", unique=True
+        )
+        await self.log_streams.create_index(
+            [("log_group_id", ASCENDING), ("name", ASCENDING)], name="lts_streams_name", unique=True
+        )
 
     async def _ttl_index(self, collection: Any, name: str, partial: dict[str, Any] | None = None) -> None:
         """A TTL index on ``created_at``; an existing one gets the configured expiry via collMod."""
@@ -679,29 +729,183 @@ class MongoStore:
     async def delete_checkpoints(self, trigger_id: str) -> None:
         await self.checkpoints.delete_many({"trigger_id": trigger_id})
 
-    # -- audit ----------------------------------------------------------------------------------------
+    # -- audit: CTS traces (triggerbus.store.traces) ---------------------------------------------------
 
     async def audit(self, action: str, resource: str, detail: dict[str, Any]) -> None:
-        now = time.time()
-        await self.audit_entries.insert_one(
-            {
-                "ts": now,
-                "created_at": _date(now),
-                "action": action,
-                "resource": resource,
-                "detail": json.dumps(detail, default=str),
-            }
-        )
+        if absorbed_by_request(action, resource, detail):
+            return  # the running API request writes the trace, with its HTTP outcome
+        await self.insert_trace(system_entry(action, resource, detail))
 
     async def audit_log(self, limit: int = 100) -> list[dict[str, Any]]:
         """Newest first: by time, then by ObjectId (its counter orders one process's entries)."""
-        docs = (
-            await self.audit_entries.find({}).sort([("ts", DESCENDING), ("_id", DESCENDING)]).limit(limit).to_list(None)
+        return [audit_view(e) for e in await self.list_traces(TraceQuery(audited_only=True, limit=limit))]
+
+    async def insert_trace(self, entry: TraceEntry) -> bool:
+        """Insert if absent; the unique ``trace_id`` makes a second insert (any process) a no-op."""
+        doc = {
+            **trace_columns(entry.trace),
+            "trace_id": entry.trace_id,
+            "recorded": entry.recorded,
+            "created_at": _date(entry.recorded),
+            "doc": json.dumps(entry.trace, ensure_ascii=False),
+            "detail": json.dumps(entry.detail, default=str),
+            "targets": json.dumps(entry.targets) if entry.targets else None,
+            "pending": bool(entry.targets),
+        }
+        try:
+            await self.traces.insert_one(doc)
+        except DuplicateKeyError:
+            return False
+        return True
+
+    async def list_traces(self, query: TraceQuery) -> list[TraceEntry]:
+        match: dict[str, Any] = dict(query.filters())
+        when: dict[str, int] = {}
+        if query.begin_ms is not None:
+            when["$gte"] = query.begin_ms
+        if query.end_ms is not None:
+            when["$lte"] = query.end_ms
+        if when:
+            match["time_ms"] = when
+        if query.trace_id is not None:
+            match["trace_id"] = query.trace_id
+        if query.audited_only:
+            match["detail"] = {"$ne": "null"}
+        if query.after is not None:
+            marker = await self.traces.find_one({"trace_id": query.after}, {"time_ms": 1})
+            if marker is None:
+                raise UnknownMarker(query.after)
+            match["$or"] = [
+                {"time_ms": {"$lt": marker["time_ms"]}},
+                {"time_ms": marker["time_ms"], "_id": {"$lt": marker["_id"]}},
+            ]
+        cursor = self.traces.find(match).sort([("time_ms", DESCENDING), ("_id", DESCENDING)]).limit(query.limit)
+        return [_doc_to_trace(d) for d in await cursor.to_list(None)]
+
+    async def pending_traces(self, recorded_before: float, limit: int) -> list[TraceEntry]:
+        cursor = (
+            self.traces.find({"pending": True, "recorded": {"$lt": recorded_before}})
+            .sort([("recorded", ASCENDING)])
+            .limit(limit)
         )
-        return [
-            {"ts": d["ts"], "action": d["action"], "resource": d["resource"], "detail": json.loads(d["detail"])}
-            for d in docs
-        ]
+        return [_doc_to_trace(d) for d in await cursor.to_list(None)]
+
+    async def trace_delivered(self, trace_id: str) -> None:
+        await self.traces.update_one({"trace_id": trace_id}, {"$set": {"pending": False, "targets": None}})
+
+    # -- SMN topics ----------------------------------------------------------------------------------
+
+    async def put_topic(self, topic: StoredTopic) -> bool:
+        """Insert if absent; the unique ``_id`` decides between two processes creating one topic."""
+        try:
+            await self.topics.insert_one({**topic.model_dump(mode="json"), "_id": topic.topic_urn})
+        except DuplicateKeyError:
+            return False
+        return True
+
+    async def get_topic(self, topic_urn: str) -> StoredTopic | None:
+        doc = await self.topics.find_one({"_id": topic_urn})
+        return StoredTopic.model_validate(doc) if doc else None
+
+    async def list_topics(self, project_id: str, offset: int, limit: int) -> tuple[list[StoredTopic], int]:
+        cursor = (
+            self.topics.find({"project_id": project_id})
+            .sort([("created", ASCENDING), ("_id", ASCENDING)])
+            .skip(offset)
+            .limit(limit)
+        )
+        docs = await cursor.to_list(None)
+        count = await self.topics.count_documents({"project_id": project_id})
+        return [StoredTopic.model_validate(d) for d in docs], int(count)
+
+    async def delete_topic(self, topic_urn: str) -> bool:
+        result = await self.topics.delete_one({"_id": topic_urn})
+        return bool(result.deleted_count == 1)
+
+    # -- DIS streams -----------------------------------------------------------------------------------
+
+    async def put_dis_stream(self, stream: StoredDISStream) -> bool:
+        """Insert if absent; the unique ``_id`` decides between two processes creating one stream."""
+        try:
+            await self.dis_streams.insert_one(
+                {**stream.model_dump(mode="json"), "_id": f"{stream.project_id}/{stream.stream_name}"}
+            )
+        except DuplicateKeyError:
+            return False
+        return True
+
+    async def get_dis_stream(self, project_id: str, stream_name: str) -> StoredDISStream | None:
+        doc = await self.dis_streams.find_one({"_id": f"{project_id}/{stream_name}"})
+        return StoredDISStream.model_validate(doc) if doc else None
+
+    async def list_dis_streams(self, project_id: str, offset: int, limit: int) -> tuple[list[StoredDISStream], int]:
+        cursor = (
+            self.dis_streams.find({"project_id": project_id})
+            .sort([("created", ASCENDING), ("stream_name", ASCENDING)])
+            .skip(offset)
+            .limit(limit)
+        )
+        docs = await cursor.to_list(None)
+        count = await self.dis_streams.count_documents({"project_id": project_id})
+        return [StoredDISStream.model_validate(d) for d in docs], int(count)
+
+    async def delete_dis_stream(self, project_id: str, stream_name: str) -> bool:
+        result = await self.dis_streams.delete_one({"_id": f"{project_id}/{stream_name}"})
+        return bool(result.deleted_count == 1)
+
+    # -- LTS log groups and log streams ------------------------------------------------------------------
+
+    async def put_log_group(self, group: StoredLogGroup) -> bool:
+        """Insert if absent; the unique (project, name) index decides between two creators."""
+        try:
+            await self.log_groups.insert_one({**group.model_dump(mode="json"), "_id": group.log_group_id})
+        except DuplicateKeyError:
+            return False
+        return True
+
+    async def get_log_group(self, log_group_id: str) -> StoredLogGroup | None:
+        doc = await self.log_groups.find_one({"_id": log_group_id})
+        return StoredLogGroup.model_validate(doc) if doc else None
+
+    async def list_log_groups(self, project_id: str) -> list[StoredLogGroup]:
+        cursor = self.log_groups.find({"project_id": project_id}).sort([("created", ASCENDING), ("_id", ASCENDING)])
+        return [StoredLogGroup.model_validate(d) for d in await cursor.to_list(None)]
+
+    async def delete_log_group(self, log_group_id: str) -> bool:
+        await self.log_streams.delete_many({"log_group_id": log_group_id})
+        result = await self.log_groups.delete_one({"_id": log_group_id})
+        return bool(result.deleted_count == 1)
+
+    async def put_log_stream(self, stream: StoredLogStream) -> bool:
+        """Insert if absent; the unique (group, name) index decides between two creators."""
+        try:
+            await self.log_streams.insert_one({**stream.model_dump(mode="json"), "_id": stream.log_stream_id})
+        except DuplicateKeyError:
+            return False
+        return True
+
+    async def get_log_stream(self, log_stream_id: str) -> StoredLogStream | None:
+        doc = await self.log_streams.find_one({"_id": log_stream_id})
+        return StoredLogStream.model_validate(doc) if doc else None
+
+    async def list_log_streams(self, log_group_id: str) -> list[StoredLogStream]:
+        cursor = self.log_streams.find({"log_group_id": log_group_id}).sort(
+            [("created", ASCENDING), ("_id", ASCENDING)]
+        )
+        return [StoredLogStream.model_validate(d) for d in await cursor.to_list(None)]
+
+    async def delete_log_stream(self, log_stream_id: str) -> bool:
+        result = await self.log_streams.delete_one({"_id": log_stream_id})
+        return bool(result.deleted_count == 1)
+
+
+def _doc_to_trace(doc: dict[str, Any]) -> TraceEntry:
+    return TraceEntry(
+        trace=json.loads(doc["doc"]),
+        detail=json.loads(doc.get("detail") or "null"),
+        targets=json.loads(doc["targets"]) if doc.get("targets") else [],
+        recorded=doc["recorded"],
+    )
 
 
 async def _upsert(collection: Any, query: dict[str, Any], update: dict[str, Any]) -> None:

@@ -15,7 +15,23 @@ from bus.sqlitedb import Database
 from invoker.records import PAYLOAD_KEEP_BYTES, RESPONSE_KEEP_BYTES, Attempt, Record, RecordQuery, RecordState
 from schemas.async_config import AsyncInvokeConfig
 from schemas.records import AsyncStatus
-from triggerbus.store.models import StoredFunction, StoredTrigger
+from triggerbus.store.models import (
+    StoredDISStream,
+    StoredFunction,
+    StoredLogGroup,
+    StoredLogStream,
+    StoredTopic,
+    StoredTrigger,
+)
+from triggerbus.store.traces import (
+    TraceEntry,
+    TraceQuery,
+    UnknownMarker,
+    absorbed_by_request,
+    audit_view,
+    system_entry,
+    trace_columns,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS functions(
@@ -123,6 +139,72 @@ CREATE TABLE IF NOT EXISTS audit(
 );
 """
 
+# Added with CTS traces and SMN topics (additive: new tables only, so older data files just
+# gain them). ``audit`` above is no longer written; retention empties it.
+TRACES_TOPICS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS traces(
+    seq INTEGER PRIMARY KEY,
+    trace_id TEXT NOT NULL UNIQUE,
+    time_ms INTEGER NOT NULL,
+    recorded REAL NOT NULL,
+    trace_name TEXT NOT NULL,
+    trace_type TEXT NOT NULL,
+    service_type TEXT NOT NULL,
+    resource_type TEXT NOT NULL,
+    resource_id TEXT NOT NULL,
+    resource_name TEXT NOT NULL,
+    trace_status TEXT NOT NULL,
+    user_name TEXT NOT NULL,
+    doc TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    targets TEXT
+);
+CREATE INDEX IF NOT EXISTS traces_time ON traces(time_ms, seq);
+CREATE INDEX IF NOT EXISTS traces_resource ON traces(resource_id, time_ms);
+CREATE INDEX IF NOT EXISTS traces_name ON traces(trace_name, time_ms);
+CREATE INDEX IF NOT EXISTS traces_recorded ON traces(recorded);
+CREATE INDEX IF NOT EXISTS traces_pending ON traces(recorded) WHERE targets IS NOT NULL;
+CREATE TABLE IF NOT EXISTS smn_topics(
+    topic_urn TEXT PRIMARY KEY,
+    project_id TEXT NOT NULL,
+    doc TEXT NOT NULL,
+    created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS smn_topics_project ON smn_topics(project_id, created);
+"""
+# Added with DIS streams and LTS log groups/streams (additive: new tables only). Names are
+# unique where the APIs say so: a DIS stream per project, a log group per project, a log
+# stream per group.
+STREAMS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS dis_streams(
+    project_id TEXT NOT NULL,
+    stream_name TEXT NOT NULL,
+    doc TEXT NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY(project_id, stream_name)
+);
+CREATE TABLE IF NOT EXISTS lts_groups(
+    log_group_id TEXT PRIMARY KEY,
+    project_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    doc TEXT NOT NULL,
+    created REAL NOT NULL,
+    UNIQUE(project_id, name)
+);
+CREATE TABLE IF NOT EXISTS lts_streams(
+    log_stream_id TEXT PRIMARY KEY,
+    log_group_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    doc TEXT NOT NULL,
+    created REAL NOT NULL,
+    UNIQUE(log_group_id, name)
+);
+"""
+_TRACE_COLUMNS = (
+    "trace_id", "time_ms", "recorded", "trace_name", "trace_type", "service_type", "resource_type", "resource_id",
+    "resource_name", "trace_status", "user_name", "doc", "detail", "targets",
+)  # fmt: skip
+
 _RECORD_COLUMNS = (
     "request_id", "function_urn", "status", "created", "error_code", "error_message", "start_time",
     "end_time", "attempts", "next_attempt_at", "trigger_id", "trigger_type", "source", "condition",
@@ -207,7 +289,7 @@ class SQLiteStore:
         self.db = db
 
     async def start(self) -> None:
-        await self.db.migrate([SCHEMA])
+        await self.db.migrate([SCHEMA, TRACES_TOPICS_SCHEMA, STREAMS_SCHEMA])
 
     async def close(self) -> None:
         return None  # the Database is shared with the bus; its owner closes it
@@ -526,6 +608,7 @@ class SQLiteStore:
             conn.executemany("DELETE FROM record_sources WHERE request_id = ?", [(i,) for i in ids])
             conn.executemany("DELETE FROM records WHERE request_id = ?", [(i,) for i in ids])
             conn.execute("DELETE FROM audit WHERE ts < ?", (older_than,))  # same retention as records
+            conn.execute("DELETE FROM traces WHERE recorded < ?", (older_than,))
             return len(ids)
 
         return await self.db.write(run)
@@ -631,26 +714,224 @@ class SQLiteStore:
     async def delete_checkpoints(self, trigger_id: str) -> None:
         await self.db.write(lambda c: c.execute("DELETE FROM checkpoints WHERE trigger_id = ?", (trigger_id,)))
 
-    # -- audit ----------------------------------------------------------------------------------------
+    # -- audit: CTS traces (triggerbus.store.traces) ---------------------------------------------------
 
     async def audit(self, action: str, resource: str, detail: dict[str, Any]) -> None:
-        await self.db.write(
-            lambda c: c.execute(
-                "INSERT INTO audit(ts, action, resource, detail) VALUES (?,?,?,?)",
-                (time.time(), action, resource, json.dumps(detail, default=str)),
-            )
-        )
+        if absorbed_by_request(action, resource, detail):
+            return  # the running API request writes the trace, with its HTTP outcome
+        await self.insert_trace(system_entry(action, resource, detail))
 
     async def audit_log(self, limit: int = 100) -> list[dict[str, Any]]:
+        return [audit_view(e) for e in await self.list_traces(TraceQuery(audited_only=True, limit=limit))]
+
+    async def insert_trace(self, entry: TraceEntry) -> bool:
+        row = {
+            **trace_columns(entry.trace),
+            "trace_id": entry.trace_id,
+            "recorded": entry.recorded,
+            "doc": json.dumps(entry.trace, ensure_ascii=False),
+            "detail": json.dumps(entry.detail, default=str),
+            "targets": json.dumps(entry.targets) if entry.targets else None,
+        }
+        values = tuple(row[c] for c in _TRACE_COLUMNS)
+
+        def run(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                f"INSERT OR IGNORE INTO traces({', '.join(_TRACE_COLUMNS)}) "
+                f"VALUES ({', '.join('?' * len(_TRACE_COLUMNS))})",
+                values,
+            )
+            return cur.rowcount == 1
+
+        return await self.db.write(run)
+
+    async def list_traces(self, query: TraceQuery) -> list[TraceEntry]:
+        clauses: list[str] = []
+        args: list[Any] = []
+        if query.begin_ms is not None:
+            clauses.append("time_ms >= ?")
+            args.append(query.begin_ms)
+        if query.end_ms is not None:
+            clauses.append("time_ms <= ?")
+            args.append(query.end_ms)
+        for column, value in query.filters().items():  # column names from a fixed set
+            clauses.append(f"{column} = ?")
+            args.append(value)
+        if query.trace_id is not None:
+            clauses.append("trace_id = ?")
+            args.append(query.trace_id)
+        if query.audited_only:
+            clauses.append("detail != 'null'")
+
+        def run(conn: sqlite3.Connection) -> list[TraceEntry]:
+            where, params = list(clauses), list(args)
+            if query.after is not None:
+                marker = conn.execute("SELECT time_ms, seq FROM traces WHERE trace_id = ?", (query.after,)).fetchone()
+                if marker is None:
+                    raise UnknownMarker(query.after)
+                where.append("(time_ms < ? OR (time_ms = ? AND seq < ?))")
+                params.extend([marker["time_ms"], marker["time_ms"], marker["seq"]])
+            sql = "SELECT * FROM traces" + (" WHERE " + " AND ".join(where) if where else "")
+            rows = conn.execute(sql + " ORDER BY time_ms DESC, seq DESC LIMIT ?", (*params, query.limit)).fetchall()
+            return [_row_to_trace(r) for r in rows]
+
+        return await self.db.read(run)
+
+    async def pending_traces(self, recorded_before: float, limit: int) -> list[TraceEntry]:
         rows = await self.db.read(
-            lambda c: c.execute("SELECT * FROM audit ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+            lambda c: c.execute(
+                "SELECT * FROM traces WHERE targets IS NOT NULL AND recorded < ? ORDER BY recorded LIMIT ?",
+                (recorded_before, limit),
+            ).fetchall()
         )
-        return [
-            {
-                "ts": r["ts"],
-                "action": r["action"],
-                "resource": r["resource"],
-                "detail": json.loads(r["detail"]),
-            }
-            for r in rows
-        ]
+        return [_row_to_trace(r) for r in rows]
+
+    async def trace_delivered(self, trace_id: str) -> None:
+        await self.db.write(lambda c: c.execute("UPDATE traces SET targets = NULL WHERE trace_id = ?", (trace_id,)))
+
+    # -- SMN topics ----------------------------------------------------------------------------------
+
+    async def put_topic(self, topic: StoredTopic) -> bool:
+        def run(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO smn_topics(topic_urn, project_id, doc, created) VALUES (?,?,?,?)",
+                (topic.topic_urn, topic.project_id, topic.model_dump_json(), topic.created),
+            )
+            return cur.rowcount == 1
+
+        return await self.db.write(run)
+
+    async def get_topic(self, topic_urn: str) -> StoredTopic | None:
+        row = await self.db.read(
+            lambda c: c.execute("SELECT doc FROM smn_topics WHERE topic_urn = ?", (topic_urn,)).fetchone()
+        )
+        return StoredTopic.model_validate_json(row["doc"]) if row else None
+
+    async def list_topics(self, project_id: str, offset: int, limit: int) -> tuple[list[StoredTopic], int]:
+        def run(conn: sqlite3.Connection) -> tuple[list[StoredTopic], int]:
+            rows = conn.execute(
+                "SELECT doc FROM smn_topics WHERE project_id = ? ORDER BY created, topic_urn LIMIT ? OFFSET ?",
+                (project_id, limit, offset),
+            ).fetchall()
+            count = conn.execute("SELECT COUNT(*) FROM smn_topics WHERE project_id = ?", (project_id,)).fetchone()[0]
+            return [StoredTopic.model_validate_json(r["doc"]) for r in rows], int(count)
+
+        return await self.db.read(run)
+
+    async def delete_topic(self, topic_urn: str) -> bool:
+        def run(conn: sqlite3.Connection) -> bool:
+            return conn.execute("DELETE FROM smn_topics WHERE topic_urn = ?", (topic_urn,)).rowcount == 1
+
+        return await self.db.write(run)
+
+    # -- DIS streams -----------------------------------------------------------------------------------
+
+    async def put_dis_stream(self, stream: StoredDISStream) -> bool:
+        def run(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO dis_streams(project_id, stream_name, doc, created) VALUES (?,?,?,?)",
+                (stream.project_id, stream.stream_name, stream.model_dump_json(), stream.created),
+            )
+            return cur.rowcount == 1
+
+        return await self.db.write(run)
+
+    async def get_dis_stream(self, project_id: str, stream_name: str) -> StoredDISStream | None:
+        row = await self.db.read(
+            lambda c: c.execute(
+                "SELECT doc FROM dis_streams WHERE project_id = ? AND stream_name = ?", (project_id, stream_name)
+            ).fetchone()
+        )
+        return StoredDISStream.model_validate_json(row["doc"]) if row else None
+
+    async def list_dis_streams(self, project_id: str, offset: int, limit: int) -> tuple[list[StoredDISStream], int]:
+        def run(conn: sqlite3.Connection) -> tuple[list[StoredDISStream], int]:
+            rows = conn.execute(
+                "SELECT doc FROM dis_streams WHERE project_id = ? ORDER BY created, stream_name LIMIT ? OFFSET ?",
+                (project_id, limit, offset),
+            ).fetchall()
+            count = conn.execute("SELECT COUNT(*) FROM dis_streams WHERE project_id = ?", (project_id,)).fetchone()[0]
+            return [StoredDISStream.model_validate_json(r["doc"]) for r in rows], int(count)
+
+        return await self.db.read(run)
+
+    async def delete_dis_stream(self, project_id: str, stream_name: str) -> bool:
+        def run(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "DELETE FROM dis_streams WHERE project_id = ? AND stream_name = ?", (project_id, stream_name)
+            )
+            return cur.rowcount == 1
+
+        return await self.db.write(run)
+
+    # -- LTS log groups and log streams ------------------------------------------------------------------
+
+    async def put_log_group(self, group: StoredLogGroup) -> bool:
+        def run(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO lts_groups(log_group_id, project_id, name, doc, created) VALUES (?,?,?,?,?)",
+                (group.log_group_id, group.project_id, group.name, group.model_dump_json(), group.created),
+            )
+            return cur.rowcount == 1
+
+        return await self.db.write(run)
+
+    async def get_log_group(self, log_group_id: str) -> StoredLogGroup | None:
+        row = await self.db.read(
+            lambda c: c.execute("SELECT doc FROM lts_groups WHERE log_group_id = ?", (log_group_id,)).fetchone()
+        )
+        return StoredLogGroup.model_validate_json(row["doc"]) if row else None
+
+    async def list_log_groups(self, project_id: str) -> list[StoredLogGroup]:
+        rows = await self.db.read(
+            lambda c: c.execute(
+                "SELECT doc FROM lts_groups WHERE project_id = ? ORDER BY created, log_group_id", (project_id,)
+            ).fetchall()
+        )
+        return [StoredLogGroup.model_validate_json(r["doc"]) for r in rows]
+
+    async def delete_log_group(self, log_group_id: str) -> bool:
+        def run(conn: sqlite3.Connection) -> bool:
+            conn.execute("DELETE FROM lts_streams WHERE log_group_id = ?", (log_group_id,))
+            return conn.execute("DELETE FROM lts_groups WHERE log_group_id = ?", (log_group_id,)).rowcount == 1
+
+        return await self.db.write(run)
+
+    async def put_log_stream(self, stream: StoredLogStream) -> bool:
+        def run(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO lts_streams(log_stream_id, log_group_id, name, doc, created) VALUES (?,?,?,?,?)",
+                (stream.log_stream_id, stream.log_group_id, stream.name, stream.model_dump_json(), stream.created),
+            )
+            return cur.rowcount == 1
+
+        return await self.db.write(run)
+
+    async def get_log_stream(self, log_stream_id: str) -> StoredLogStream | None:
+        row = await self.db.read(
+            lambda c: c.execute("SELECT doc FROM lts_streams WHERE log_stream_id = ?", (log_stream_id,)).fetchone()
+        )
+        return StoredLogStream.model_validate_json(row["doc"]) if row else None
+
+    async def list_log_streams(self, log_group_id: str) -> list[StoredLogStream]:
+        rows = await self.db.read(
+            lambda c: c.execute(
+                "SELECT doc FROM lts_streams WHERE log_group_id = ? ORDER BY created, log_stream_id", (log_group_id,)
+            ).fetchall()
+        )
+        return [StoredLogStream.model_validate_json(r["doc"]) for r in rows]
+
+    async def delete_log_stream(self, log_stream_id: str) -> bool:
+        def run(conn: sqlite3.Connection) -> bool:
+            return conn.execute("DELETE FROM lts_streams WHERE log_stream_id = ?", (log_stream_id,)).rowcount == 1
+
+        return await self.db.write(run)
+
+
+def _row_to_trace(row: sqlite3.Row) -> TraceEntry:
+    return TraceEntry(
+        trace=json.loads(row["doc"]),
+        detail=json.loads(row["detail"]),
+        targets=json.loads(row["targets"]) if row["targets"] else [],
+        recorded=row["recorded"],
+    )
