@@ -18,7 +18,7 @@ def load() -> dict[str, Any]:
 
 def test_every_service_can_start_and_report_health() -> None:
     services = load()["services"]
-    assert {"triggerbus-1", "triggerbus-2", "kafka", "mongo", "minio", "rabbitmq", "mosquitto"} <= set(services)
+    assert {"triggerbus-1", "triggerbus-2", "kafka", "mongo", "minio", "rabbitmq", "mosquitto", "redis"} <= set(services)
     for name, service in services.items():
         assert "image" in service or "build" in service, name
         health = service.get("healthcheck", {})
@@ -49,3 +49,16 @@ def test_triggerbus_processes_run_distributed_with_shared_secrets() -> None:
             assert volume.split(":")[0] in volumes
     assert data["services"]["triggerbus-1"]["ports"] != data["services"]["triggerbus-2"]["ports"]
     assert "--replSet" in data["services"]["mongo"]["command"]  # change streams need a replica set
+
+
+def test_minio_pushes_notifications_to_the_shared_obs_webhook_and_redis_keeps_every_write() -> None:
+    services = load()["services"]
+    minio = services["minio"]["environment"]
+    assert minio["MINIO_NOTIFY_WEBHOOK_ENABLE_TRIGGERBUS"] == "on"
+    assert "/obs/events/${TRIGGERBUS_OBS_WEBHOOK_TOKEN:?" in minio["MINIO_NOTIFY_WEBHOOK_ENDPOINT_TRIGGERBUS"]
+    assert minio["MINIO_NOTIFY_WEBHOOK_QUEUE_DIR_TRIGGERBUS"].startswith("/data/")  # survives restarts
+    redis = services["redis"]["command"]
+    assert redis[redis.index("--appendfsync") + 1] == "always"
+    assert redis[redis.index("--maxmemory-policy") + 1] == "noeviction"
+    for name in ("triggerbus-1", "triggerbus-2"):
+        assert services[name]["environment"]["TRIGGERBUS_STREAMS_REDIS"] == "redis://redis:6379/0"
