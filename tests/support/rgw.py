@@ -158,19 +158,51 @@ def _daemon(args: list[str], conf: Path, log: Path) -> subprocess.Popen[bytes]:
         return subprocess.Popen([*args, "-c", str(conf), "-f"], stdout=out, stderr=subprocess.STDOUT)
 
 
+class CephStartError(RuntimeError):
+    """A daemon of the throwaway cluster died or did not come up; the message carries its log's tail."""
+
+
+def _log_tails(workdir: Path, lines: int = 15) -> str:
+    tails = []
+    for log in sorted((workdir / "log").glob("*")):
+        text = log.read_text(errors="replace").strip().splitlines()[-lines:]
+        if text:
+            tails.append(f"--- {log.name}\n" + "\n".join(text))
+    return "\n".join(tails)
+
+
 def _wait(check: Any, what: str, timeout: float, workdir: Path, procs: list[subprocess.Popen[bytes]]) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for proc in procs:
             if proc.poll() is not None:
-                raise RuntimeError(f"a Ceph daemon exited ({proc.args!r}, rc {proc.returncode}); logs in {workdir}/log")
+                raise CephStartError(
+                    f"a Ceph daemon exited ({proc.args!r}, rc {proc.returncode}):\n{_log_tails(workdir)}"
+                )
         if check():
             return
         time.sleep(0.3)
-    raise RuntimeError(f"{what} after {timeout} s; logs in {workdir}/log")
+    raise CephStartError(f"{what} after {timeout} s:\n{_log_tails(workdir)}")
 
 
-def start(port: int | None = None, mon_port: int | None = None) -> RGW:
+def start(port: int | None = None, mon_port: int | None = None, attempts: int = 2) -> RGW:
+    """Start a cluster, once more on fresh ports if a daemon died while starting.
+
+    A memstore OSD has been seen to exit at its first start on a machine where the packages had
+    just been installed and never since; one retry keeps that from failing a whole test module,
+    and the first failure is still printed with its logs.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            return _start_once(port if attempt == 1 else None, mon_port if attempt == 1 else None)
+        except CephStartError as error:
+            if attempt == attempts:
+                raise
+            print(f"radosgw start attempt {attempt} failed, retrying: {error}", file=sys.stderr, flush=True)
+    raise AssertionError("unreachable")
+
+
+def _start_once(port: int | None, mon_port: int | None) -> RGW:
     """Start mon, osd and radosgw on loopback ports; returns once the S3 user exists."""
     missing = missing_binaries()
     if missing:

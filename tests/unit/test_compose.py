@@ -18,7 +18,9 @@ def load() -> dict[str, Any]:
 
 def test_every_service_can_start_and_report_health() -> None:
     services = load()["services"]
-    assert {"triggerbus-1", "triggerbus-2", "kafka", "mongo", "minio", "rabbitmq", "mosquitto", "redis"} <= set(services)
+    assert {"triggerbus-1", "triggerbus-2", "kafka", "mongo", "minio", "rabbitmq", "mosquitto", "redis"} <= set(
+        services
+    )
     for name, service in services.items():
         assert "image" in service or "build" in service, name
         health = service.get("healthcheck", {})
