@@ -530,6 +530,7 @@ class DISConnector(Connector):
             await old.stop(self.drain_s)
         runner = _Runner(self, backend, trigger, cfg)
         self._runners[trigger.trigger_id] = runner
+        await runner.pin_start_positions(ACTIVATE_WAIT_S)
         runner.start()
         await runner.wait_positioned(ACTIVATE_WAIT_S)  # so "LATEST" means "from now on"
 

@@ -67,7 +67,7 @@ EVENT_LIMIT = 75 * 1024  # bytes of an event's raw message (the JSON inside lts.
 DEFAULT_WINDOW_MS = 1000
 MAX_WINDOW_MS = 300_000
 READ_COUNT = 256  # logs per Redis read
-POLL_S = 0.1  # how often an idle log stream is looked at
+POLL_S = 0.1  # how often an idle log stream is looked at for logs reported through other processes
 IN_FLIGHT = 8  # unfinished batches per trigger
 ACTIVATE_WAIT_S = 5.0
 _SPLIT_RESERVE = {"split_index": 999999, "split_count": 999999}  # widest split markers, for sizing
@@ -325,7 +325,7 @@ class _Runner(StreamRunner):
                 wait = POLL_S
                 if packer.opened_at is not None:
                     wait = min(wait, max(0.0, packer.opened_at + window_s - time.monotonic()))
-                await asyncio.sleep(wait)
+                await self.backend.wait_for_append(shard.key, wait)
 
     def source_detail(self) -> dict[str, Any]:
         assert self.stream is not None
@@ -452,6 +452,7 @@ class LTSConnector(Connector):
             await old.stop(self.drain_s)
         runner = _Runner(self, backend, trigger, cfg)
         self._runners[trigger.trigger_id] = runner
+        await runner.pin_start_positions(ACTIVATE_WAIT_S)
         runner.start()
         await runner.wait_positioned(ACTIVATE_WAIT_S)  # logs reported once this returns reach the trigger
 

@@ -176,6 +176,7 @@ class StreamBackend:
         )
         self.redis = aioredis.Redis(connection_pool=pool)
         self._append_once = self.redis.register_script(_APPEND_ONCE)
+        self._appended: dict[str, asyncio.Event] = {}
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -212,7 +213,26 @@ class StreamBackend:
             for key, fields in writes:
                 pipe.xadd(key, dict(fields), minid=min_id, approximate=True)  # type: ignore[arg-type]
             ids = await pipe.execute()
+        for key, _ in writes:
+            self._signal(key)
         return [_text(i) for i in ids]
+
+    def _signal(self, key: str) -> None:
+        event = self._appended.pop(key, None)
+        if event is not None:
+            event.set()
+
+    async def wait_for_append(self, key: str, timeout_s: float) -> None:
+        """Until this process appends to ``key``, or ``timeout_s``.
+
+        Lets an idle reader wake as soon as a put served by this process lands, instead of at
+        its next poll; appends made by other processes are still found by polling, so callers
+        keep ``timeout_s`` at their poll period. (A blocking ``XREAD`` per reader would hold a
+        pooled connection per idle trigger.)
+        """
+        event = self._appended.setdefault(key, asyncio.Event())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout_s)
 
     async def append_once(
         self, key: str, fields: Mapping[str, bytes | str], *, dedupe_key: str, retention_s: float
@@ -534,16 +554,31 @@ class StreamRunner(abc.ABC):
         """Committed positions from the store; shards never read get their start position, persisted
         at once (so "LATEST" means "from when the trigger was enabled", also after a restart)."""
         for shard_id, key in keys.items():
-            if shard_id in self.shards:
-                continue
-            saved = await self.ctx.state.get_checkpoint(self.trigger_id, self.checkpoint_name(shard_id))
-            position = saved.get("after") if isinstance(saved, dict) else None
-            if not isinstance(position, str):
-                position = await self.start_position(shard_id, key)
-                await self.ctx.state.put_checkpoint(
-                    self.trigger_id, self.checkpoint_name(shard_id), {"after": position}
-                )
-            self.shards[shard_id] = ShardState(shard_id, key, position, position, position)
+            if shard_id not in self.shards:
+                position = await self._committed_or_pinned(shard_id, key)
+                self.shards[shard_id] = ShardState(shard_id, key, position, position, position)
+
+    async def _committed_or_pinned(self, shard_id: str, key: str) -> str:
+        saved = await self.ctx.state.get_checkpoint(self.trigger_id, self.checkpoint_name(shard_id))
+        position = saved.get("after") if isinstance(saved, dict) else None
+        if not isinstance(position, str):
+            position = await self.start_position(shard_id, key)
+            await self.ctx.state.put_checkpoint(self.trigger_id, self.checkpoint_name(shard_id), {"after": position})
+        return position
+
+    async def pin_start_positions(self, timeout_s: float) -> None:
+        """Store the start position of every shard never read, before ``activate()`` answers.
+
+        Done by the process that enables the trigger, lease or not, so "LATEST" is the moment the
+        API call returned even if the reading process starts later. If Redis or the store fail
+        here, the reader pins the positions itself once they answer (and puts fail meanwhile).
+        """
+        try:
+            async with asyncio.timeout(timeout_s):
+                for shard_id, key in (await self.shard_keys()).items():
+                    await self._committed_or_pinned(shard_id, key)
+        except (Exception, TimeoutError) as exc:
+            self.error("pinning the start positions", exc)
 
     async def stop(self, drain_s: float = DRAIN_S) -> None:
         """Stop reading, give unfinished batches ``drain_s`` to finish, commit, release the lease."""
