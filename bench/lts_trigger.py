@@ -31,8 +31,7 @@ the log stream's newest Redis entry, the position the trigger must commit.
   limit here. It reads its *own* logs, reported with the same producer after the Triggerbus phases
   (the trigger is disabled by then), so both measure report-to-processed. It keeps no position and
   no records: everything Triggerbus adds (a durable hop over its bus, records, process isolation
-  of the function, positions committed after terminal states, polling an idle log stream every
-  100 ms, the batch window) is the gap.
+  of the function, positions committed after terminal states, the batch window) is the gap.
 
 The default ``--batch-window-ms`` is 20 ms, like the DIS bench's polling interval, not the
 connector's default of 1000 ms (which would mostly measure the window). The warm-up (100 logs,
