@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -116,6 +117,8 @@ def mongo_from_env_or_start() -> ServerProcess:
 
 if __name__ == "__main__":  # used by scripts/test: start one server, print its address, wait
     kind = sys.argv[1]
+    # scripts/test stops us with SIGTERM: exit through ``finally`` so the server goes too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     server = start_tansu(int(sys.argv[2])) if kind == "kafka" else start_secantus(int(sys.argv[2]))
     print(server.address, flush=True)
     try:
