@@ -38,12 +38,13 @@ import logging
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from bus.aio import stop_tasks
+from invoker.smn_sink import TopicPublisher
 from schemas.errors import FSSError
 
 log = logging.getLogger(__name__)
@@ -52,18 +53,6 @@ MAX_MESSAGE_BYTES = 256 * 1024
 QUEUE_SLOTS = 256
 DROP_ACTION = "smnMqttMessageDropped"
 DEFAULT_CLIENT_ID = "triggerbus-smn-bridge"
-
-
-class Publisher(Protocol):
-    async def publish(
-        self,
-        topic_urn: str,
-        *,
-        message: str,
-        subject: str = "",
-        attributes: dict[str, Any] | None = None,
-        message_id: str | None = None,
-    ) -> str: ...
 
 
 Audit = Callable[[str, str, dict[str, Any]], Awaitable[None]]
@@ -122,7 +111,9 @@ class _Received:
 
 
 class MqttBridge:
-    def __init__(self, config: BridgeConfig, publisher: Publisher, audit: Audit, *, slots: int = QUEUE_SLOTS) -> None:
+    def __init__(
+        self, config: BridgeConfig, publisher: TopicPublisher, audit: Audit, *, slots: int = QUEUE_SLOTS
+    ) -> None:
         self.config = config
         self.publisher = publisher
         self.audit = audit

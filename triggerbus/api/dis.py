@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from aiohttp import web
-from pydantic import Field, StringConstraints, ValidationError
+from pydantic import Field, StringConstraints
 
 from connectors.dis import (
     MAX_FETCH_BYTES,
@@ -42,9 +42,9 @@ from connectors.dis import (
     shard_id,
 )
 from schemas.base import FGModel
-from schemas.errors import bad_request, too_large, validation_failed
+from schemas.errors import bad_request, too_large
 from schemas.triggers import StrictInt
-from triggerbus.api.common import json_response, project_id, query_int, read_json, service
+from triggerbus.api.common import json_response, project_id, query_int, read_model, service
 
 STREAMS = "/v2/{project_id}/streams"
 STREAM = STREAMS + "/{stream_name}"
@@ -84,16 +84,6 @@ def _dis(request: web.Request) -> DISConnector:
 
 def _ms(ts: float) -> int:
     return int(ts * 1000)
-
-
-async def _parse(request: web.Request, model: type[Any], limit: int) -> Any:
-    body = await read_json(request, limit)
-    if not isinstance(body, dict):
-        raise bad_request("request body must be a JSON object")
-    try:
-        return model.model_validate(body)
-    except ValidationError as exc:
-        raise validation_failed(exc) from None
 
 
 def _stream_name(request: web.Request) -> str:
@@ -142,7 +132,7 @@ def _decode_records(entries: list[PutRecordEntry]) -> list[PutRecord]:
 
 async def create_stream(request: web.Request) -> web.Response:
     project = project_id(request)
-    req: CreateStreamRequest = await _parse(request, CreateStreamRequest, MAX_STREAM_BODY)
+    req = await read_model(request, CreateStreamRequest, MAX_STREAM_BODY)
     stream = await _dis(request).create_stream(project, req.stream_name, req.partition_count, req.data_duration)
     return json_response({"stream_name": stream.stream_name, "stream_id": stream.stream_id}, status=201)
 
@@ -215,7 +205,7 @@ async def delete_stream(request: web.Request) -> web.Response:
 
 async def put_records(request: web.Request) -> web.Response:
     project = project_id(request)
-    req: PutRecordsRequest = await _parse(request, PutRecordsRequest, MAX_PUT_BODY)
+    req = await read_model(request, PutRecordsRequest, MAX_PUT_BODY)
     records = _decode_records(req.records)
     dis = _dis(request)
     stream = await dis.existing_stream(project, req.stream_name)

@@ -21,16 +21,16 @@ their user data); errors are FunctionGraph bodies like the rest of the API.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated
 
 from aiohttp import web
-from pydantic import Field, StringConstraints, ValidationError, field_validator
+from pydantic import Field, StringConstraints, field_validator
 
 from connectors.lts import LTSConnector, ReportedLog
 from schemas.base import FGModel
-from schemas.errors import bad_request, too_large, validation_failed
+from schemas.errors import bad_request, too_large
 from schemas.triggers import StrictInt
-from triggerbus.api.common import json_response, project_id, read_json, service
+from triggerbus.api.common import json_response, project_id, read_model, service
 
 GROUPS = "/v2/{project_id}/groups"
 GROUP = GROUPS + "/{log_group_id}"
@@ -103,16 +103,6 @@ def _lts(request: web.Request) -> LTSConnector:
     return next(c for c in service(request).connectors if isinstance(c, LTSConnector))
 
 
-async def _parse(request: web.Request, model: type[Any], limit: int) -> Any:
-    body = await read_json(request, limit)
-    if not isinstance(body, dict):
-        raise bad_request("request body must be a JSON object")
-    try:
-        return model.model_validate(body)
-    except ValidationError as exc:
-        raise validation_failed(exc) from None
-
-
 def _id(request: web.Request, name: str) -> str:
     value = request.match_info[name]
     if not ID_RE.match(value):
@@ -139,7 +129,7 @@ def _lines(req: ReportRequest) -> list[ReportedLog]:
 
 
 async def create_group(request: web.Request) -> web.Response:
-    req: CreateGroupRequest = await _parse(request, CreateGroupRequest, MAX_SMALL_BODY)
+    req = await read_model(request, CreateGroupRequest, MAX_SMALL_BODY)
     group = await _lts(request).create_group(project_id(request), req.log_group_name, req.ttl_in_days)
     return json_response({"log_group_id": group.log_group_id}, status=201)
 
@@ -167,7 +157,7 @@ async def delete_group(request: web.Request) -> web.Response:
 
 
 async def create_stream(request: web.Request) -> web.Response:
-    req: CreateStreamRequest = await _parse(request, CreateStreamRequest, MAX_SMALL_BODY)
+    req = await read_model(request, CreateStreamRequest, MAX_SMALL_BODY)
     stream = await _lts(request).create_stream(
         project_id(request), _id(request, "log_group_id"), req.log_stream_name, req.ttl_in_days
     )
@@ -200,7 +190,7 @@ async def delete_stream(request: web.Request) -> web.Response:
 async def report(request: web.Request) -> web.Response:
     project = project_id(request)
     group_id, stream_id = _id(request, "log_group_id"), _id(request, "log_stream_id")
-    req: ReportRequest = await _parse(request, ReportRequest, MAX_REPORT_BODY)
+    req = await read_model(request, ReportRequest, MAX_REPORT_BODY)
     lines = _lines(req)
     lts = _lts(request)
     stream = await lts.existing_stream(project, group_id, stream_id)
@@ -211,7 +201,7 @@ async def report(request: web.Request) -> web.Response:
 async def query(request: web.Request) -> web.Response:
     project = project_id(request)
     group_id, stream_id = _id(request, "log_group_id"), _id(request, "log_stream_id")
-    req: QueryRequest = await _parse(request, QueryRequest, MAX_SMALL_BODY)
+    req = await read_model(request, QueryRequest, MAX_SMALL_BODY)
     if req.end_time < req.start_time:
         raise bad_request(f"end_time: {req.end_time} is before start_time {req.start_time}")
     lts = _lts(request)

@@ -22,13 +22,13 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from aiohttp import web
-from pydantic import StringConstraints, ValidationError, field_validator
+from pydantic import StringConstraints, field_validator
 
 from connectors.smn import MAX_MESSAGE_BYTES, MAX_SUBJECT_BYTES, SMNConnector
 from schemas.base import FGModel
-from schemas.errors import bad_request, not_found, too_large, validation_failed
+from schemas.errors import bad_request, not_found, too_large
 from schemas.triggers import SMN_TOPIC_URN_RE
-from triggerbus.api.common import json_response, project_id, query_int, read_json, service
+from triggerbus.api.common import json_response, project_id, query_int, read_model, service
 from triggerbus.store.models import StoredTopic
 
 BASE = "/v2/{project_id}/notifications/topics"
@@ -202,23 +202,13 @@ def _topic_view(topic: StoredTopic) -> dict[str, Any]:
     }
 
 
-async def _parse(request: web.Request, model: type[Any], limit: int) -> Any:
-    body = await read_json(request, limit)
-    if not isinstance(body, dict):
-        raise bad_request("request body must be a JSON object")
-    try:
-        return model.model_validate(body)
-    except ValidationError as exc:
-        raise validation_failed(exc) from None
-
-
 # -- handlers -------------------------------------------------------------------------------------------
 
 
 async def create_topic(request: web.Request) -> web.Response:
     svc = service(request)
     project = project_id(request)
-    req: CreateTopicRequest = await _parse(request, CreateTopicRequest, MAX_TOPIC_BODY)
+    req = await read_model(request, CreateTopicRequest, MAX_TOPIC_BODY)
     topic = StoredTopic(
         topic_urn=f"urn:smn:{svc.settings.region}:{project}:{req.name}",
         project_id=project,
@@ -268,7 +258,7 @@ async def delete_topic(request: web.Request) -> web.Response:
 
 async def publish(request: web.Request) -> web.Response:
     urn = _topic_urn(request)
-    req: PublishRequest = await _parse(request, PublishRequest, MAX_PUBLISH_BODY)
+    req = await read_model(request, PublishRequest, MAX_PUBLISH_BODY)
     message = resolve_message(req)
     attributes = resolve_attributes(req)
     message_id = await _smn(request).publish(urn, message=message, subject=req.subject, attributes=attributes)
