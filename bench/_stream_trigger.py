@@ -13,50 +13,65 @@ afterwards) with a no-op Python function, produce through the service's own API,
 
 Each bench supplies what differs: its API calls (:class:`StreamService`), how it sends records
 (:class:`StreamProducer`), the raw consumer's events (:data:`RawEvents`) and its names (:class:`Kind`).
+What all trigger benches share is in :mod:`bench._triggers` and :mod:`bench._common`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import math
 import os
-import signal
 import sys
-import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import asdict, dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-import aiohttp
 import redis.asyncio as aioredis
 
-from bench.async_invoke import (
-    NOOP_SOURCE,
-    ROOT,
-    TOKEN,
-    URN,
+from bench._common import (
+    STALL_S,
     Dist,
-    _num,
-    child_env,
-    cpu_delta,
-    cpu_snapshot,
-    default_workers,
-    free_port,
+    add_output_args,
+    add_paced_args,
+    add_service_args,
+    bench_main,
+    bench_tmp,
+    command_line,
+    cpu_mark,
+    cpu_since,
+    cpu_split_since,
+    helper_main,
+    iso_ts,
+    load_average,
+    noop_handler,
+    num,
+    paced_count,
+    paced_info,
+    pair,
+    poll_until,
+    print_heading,
     print_table,
-    server_process,
+    step,
+    step_done,
 )
-from bench.kafka_trigger import RawConsumer as KafkaRawConsumer
-from bench.kafka_trigger import Service, _cpu, _cpu_total, _pair, load_average, message, step
+from bench._triggers import (
+    Pace,
+    RawProcess,
+    TriggerService,
+    commands,
+    for_each_attempt,
+    message,
+    new_records,
+    running_service,
+    say,
+    source_count,
+)
 
-POLL_S = 0.05
-STALL_S = 60.0
 WARMUP_RECORDS = 100
 
 RawEntries = list[tuple[bytes, dict[bytes, bytes]]]
@@ -75,10 +90,6 @@ class Kind:
     unit: str  # "record": what is counted
     sent: str  # "put/s": the producer's rate column
     per: str  # "records/batch": the records-per-invocation column
-
-
-def _iso(text: str) -> float:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 @dataclass
@@ -106,30 +117,10 @@ class Phase:
     stalled: bool = False
 
 
-class StreamService(Service):
-    """The Kafka bench's HTTP access to the service, plus the service's own APIs and one trigger type."""
+class StreamService(TriggerService):
+    """HTTP access to the service for one stream trigger type, which knows where its events keep the send times."""
 
     trigger_type: ClassVar[str]
-
-    async def api(self, method: str, path: str, body: Any = None, params: dict[str, str] | None = None) -> Any:
-        async with self.http.request(method, self.base + path, json=body, params=params) as resp:
-            text = await resp.text()
-            if resp.status >= 300:
-                raise RuntimeError(f"{method} {path}: HTTP {resp.status}: {text[:500]}")
-            return json.loads(text) if text else None
-
-    async def add_trigger(self, event_data: dict[str, Any]) -> str:
-        body = await self.call(
-            "POST", f"/triggers/{URN}", {"trigger_type_code": self.trigger_type, "event_data": event_data}
-        )
-        return str(body["trigger_id"])
-
-    async def set_status(self, trigger_id: str, status: str) -> None:
-        await self.call("PUT", f"/triggers/{URN}/{self.trigger_type}/{trigger_id}", {"trigger_status": status})
-
-    async def state(self, trigger_id: str) -> dict[str, Any]:
-        body = await self.call("GET", f"/triggers/{URN}/{self.trigger_type}/{trigger_id}")
-        return dict(body.get("state") or {})
 
     def sent_times(self, payload: Any) -> list[float]:
         """The send times of the records in one invocation's event."""
@@ -166,11 +157,9 @@ class StreamProducer:
 
     async def paced(self, rate: float, seconds: float) -> Produced:
         n = max(1, round(rate * seconds))
-        start, first, last_of = time.perf_counter(), time.time(), {}
+        pace, first, last_of = Pace(rate), time.time(), {}
         for i in range(n):
-            delay = start + i / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
+            await pace(i)
             last_of.update(await self.send(self._values(1)))
         end = time.time()
         last_of.update(await self.tips())
@@ -197,29 +186,26 @@ async def measure_trigger(
 ) -> Phase:
     """Run ``produce`` and wait until the trigger committed every record it put."""
     phase = Phase(name, n)
-    cpu = _cpu(svc.pid)
+    cpu = cpu_mark(svc.pid)
     sender = asyncio.create_task(produce())
-    last_progress, last_committed = time.monotonic(), ""
+    now, committed = math.nan, {}
+
+    async def probe() -> tuple[bool, str]:
+        nonlocal now, committed
+        state = await svc.state(trigger_id)
+        now = time.time()
+        committed = {s["shard_id"]: s["committed"] for s in state.get("shards") or []}
+        return sender.done() and _reached(committed, sender.result().last), json.dumps(committed, sort_keys=True)
+
     try:
-        while True:
-            state = await svc.state(trigger_id)
-            now = time.time()
-            committed = {s["shard_id"]: s["committed"] for s in state.get("shards") or []}
-            if sender.done() and _reached(committed, sender.result().last):
-                break
-            marker = json.dumps(committed, sort_keys=True)
-            if marker != last_committed:
-                last_committed, last_progress = marker, time.monotonic()
-            elif time.monotonic() - last_progress > STALL_S:
-                phase.stalled = True
-                print(f"!! {name}: stalled (committed {committed})", file=sys.stderr)
-                return phase
-            await asyncio.sleep(POLL_S)
+        if not await poll_until(probe):
+            phase.stalled = True
+            print(f"!! {name}: stalled (committed {committed})", file=sys.stderr)
+            return phase
         sent = sender.result()
     finally:
         sender.cancel()
-    if cpu:
-        phase.server_cpu_s, phase.worker_cpu_s = cpu_delta(cpu, cpu_snapshot(svc.pid), svc.pid)
+    phase.server_cpu_s, phase.worker_cpu_s = cpu_split_since(cpu, svc.pid)
     phase.wall_s = now - sent.first_put
     phase.rate = n / phase.wall_s
     phase.put_rate = sent.rate
@@ -228,29 +214,19 @@ async def measure_trigger(
 
 
 async def read_latencies(svc: StreamService, trigger_id: str, phase: Phase, seen: set[str], sample: int) -> None:
-    fresh = [r for r in await svc.records(trigger_id) if r["request_id"] not in seen]
-    seen.update(r["request_id"] for r in fresh)
+    fresh = await new_records(svc, trigger_id, seen)
     phase.batches = len(fresh)
-    in_records = sum(int((r.get("source") or {}).get("count") or 0) for r in fresh)
+    in_records = source_count(fresh, 0)
     phase.per_batch = in_records / len(fresh) if fresh else math.nan
     if in_records != phase.records:
         print(f"!! {phase.name}: the records hold {in_records} records, {phase.records} were put", file=sys.stderr)
-    fresh.sort(key=lambda r: (r["created_time"], r["request_id"]))
-    if len(fresh) > sample:
-        fresh = [fresh[round(k * (len(fresh) - 1) / max(1, sample - 1))] for k in range(sample)]
     latencies: list[float] = []
-    gate = asyncio.Semaphore(8)
 
-    async def one(request_id: str) -> None:
-        async with gate:
-            detail = await svc.detail(request_id)
-        attempts = detail.get("attempt_details") or []
-        if detail["status"] != "SUCCESS" or not attempts or not attempts[-1]["end_time"]:
-            return
-        end = _iso(attempts[-1]["end_time"])
+    def each(detail: dict[str, Any], attempt: dict[str, Any]) -> None:
+        end = iso_ts(attempt["end_time"])
         latencies.extend((end - sent) * 1000 for sent in svc.sent_times(json.loads(detail["payload"])))
 
-    await asyncio.gather(*(one(r["request_id"]) for r in fresh))
+    await for_each_attempt(svc, fresh, sample, each)
     phase.latency_ms = Dist.of(latencies)
 
 
@@ -270,23 +246,13 @@ async def raw_consumer_main(redis_url: str, count: int, events: RawEvents) -> No
     BLOCK`` (``COUNT`` count), calls the no-op handler on each event ``events`` builds of them, and
     answers one JSON line: timings and per-record handler-return minus send time.
     """
-    namespace: dict[str, Any] = {}
-    exec(compile(NOOP_SOURCE, "index.py", "exec"), namespace)
-    handler: Callable[[Any, Any], Any] = namespace["handler"]
+    handler = noop_handler()
     client = aioredis.Redis.from_url(redis_url)
-    loop = asyncio.get_running_loop()
-
-    def say(body: dict[str, Any]) -> None:
-        sys.stdout.write(json.dumps(body) + "\n")
-        sys.stdout.flush()
-
     try:
         say({"ready": True})
-        while True:
-            line = await loop.run_in_executor(None, sys.stdin.readline)
-            if not line or json.loads(line)["op"] != "consume":
+        async for order in commands():
+            if order["op"] != "consume":
                 return
-            order = json.loads(line)
             positions: dict[Any, Any] = dict(order["after"])
             want, got, batches, latencies = int(order["n"]), 0, 0, []
             first_read: float | None = None
@@ -316,53 +282,27 @@ async def raw_consumer_main(redis_url: str, count: int, events: RawEvents) -> No
         await client.aclose()
 
 
-class RawConsumer(KafkaRawConsumer):
-    """The raw consumer subprocess (the Kafka bench's stdin/stdout driving), on a stream bench's streams."""
-
-    @classmethod
-    @contextlib.asynccontextmanager
-    async def serving(cls, module: str, options: list[str], log: Path) -> AsyncIterator[RawConsumer]:
-        argv = [sys.executable, "-m", module, "--raw-consumer", *options]
-        with open(log, "ab") as err:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=err,
-                env=child_env(),
-                cwd=ROOT,
-            )
-        consumer = cls(proc)
-        try:
-            if not (await consumer.answer(30)).get("ready"):
-                raise RuntimeError("the raw consumer did not get ready")
-            yield consumer
-        finally:
-            await cls._stop(proc)
-
-    async def measure(
-        self,
-        name: str,
-        n: int,
-        after: dict[str, str],
-        produce: Callable[[], Coroutine[Any, Any, Produced]],
-        service_pid: int,
-    ) -> Phase:
-        assert self.proc.stdin is not None
-        cpu, service_cpu = _cpu(self.proc.pid), _cpu(service_pid)
-        self.proc.stdin.write((json.dumps({"op": "consume", "n": n, "after": after}) + "\n").encode())
-        await self.proc.stdin.drain()
-        sent = await produce()
-        answer = await self.answer(STALL_S + n / 100)
-        phase = Phase(name, n, put_rate=sent.rate, batches=int(answer["batches"]))
-        phase.wall_s = float(answer["done"]) - sent.first_put
-        phase.rate = n / phase.wall_s
-        phase.per_batch = n / phase.batches if phase.batches else math.nan
-        phase.latency_ms = Dist(**answer["latency_ms"])
-        phase.consumer_cpu_s = _cpu_total(cpu, self.proc.pid)
-        if service_cpu:
-            phase.server_cpu_s, phase.worker_cpu_s = cpu_delta(service_cpu, cpu_snapshot(service_pid), service_pid)
-        return phase
+async def measure_raw(
+    raw: RawProcess,
+    name: str,
+    n: int,
+    after: dict[str, str],
+    produce: Callable[[], Coroutine[Any, Any, Produced]],
+    service_pid: int,
+) -> Phase:
+    """The raw consumer reads ``n`` records after ``after`` while ``produce`` sends them."""
+    cpu, service_cpu = cpu_mark(raw.pid), cpu_mark(service_pid)
+    await raw.send({"op": "consume", "n": n, "after": after})
+    sent = await produce()
+    answer = await raw.answer(STALL_S + n / 100)
+    phase = Phase(name, n, put_rate=sent.rate, batches=int(answer["batches"]))
+    phase.wall_s = float(answer["done"]) - sent.first_put
+    phase.rate = n / phase.wall_s
+    phase.per_batch = n / phase.batches if phase.batches else math.nan
+    phase.latency_ms = Dist(**answer["latency_ms"])
+    phase.consumer_cpu_s = cpu_since(cpu, raw.pid)
+    phase.server_cpu_s, phase.worker_cpu_s = cpu_split_since(service_cpu, service_pid)
+    return phase
 
 
 # -- the phases, in order ----------------------------------------------------------------------------------
@@ -381,7 +321,7 @@ async def compare(
     seen: set[str],
 ) -> list[Phase]:
     """Triggerbus paced and burst on ``trigger_id``, then (trigger disabled) the raw consumer on ``keys``."""
-    paced_n = max(1, round(args.paced_rate * args.paced_seconds))
+    paced_n = paced_count(args)
     step(f"Triggerbus paced: {paced_n} {kind.unit}s")
     tb_paced = await measure_trigger(
         svc,
@@ -408,10 +348,11 @@ async def compare(
                 out[key] = newest[0][0].decode() if newest else "0-0"
             return out
 
-        options = ["--redis", args.redis, *raw_options]
-        async with RawConsumer.serving(kind.module, options, tmp / "raw.log") as raw:
+        argv = [kind.module, "--raw-consumer", "--redis", args.redis, *raw_options]
+        async with RawProcess.running(argv, tmp / "raw.log") as raw:
             step("raw paced")
-            raw_paced = await raw.measure(
+            raw_paced = await measure_raw(
+                raw,
                 "raw XREAD paced",
                 paced_n,
                 await tips(),
@@ -419,7 +360,7 @@ async def compare(
                 svc.pid,
             )
             step("raw burst")
-            raw_burst = await raw.measure("raw XREAD burst", n, await tips(), lambda: producer.burst(n), svc.pid)
+            raw_burst = await measure_raw(raw, "raw XREAD burst", n, await tips(), lambda: producer.burst(n), svc.pid)
     finally:
         await client.aclose()
     return [tb_paced, raw_paced, tb_burst, raw_burst]
@@ -437,49 +378,37 @@ async def run_bench(
 ) -> dict[str, Any]:
     """Start the service, run ``measure_all(svc, key prefix, temp dir)``, clean up and report."""
     prefix = f"tb-bench-{kind.name}-{uuid.uuid4().hex[:8]}"
-    with tempfile.TemporaryDirectory(
-        prefix=f"tb-bench-{kind.name}-", dir=args.tmp_dir, ignore_cleanup_errors=True
-    ) as name:
-        tmp = Path(name)
+    with bench_tmp(f"tb-bench-{kind.name}-", args.tmp_dir) as tmp:
         info = {
             "cpus": os.cpu_count(),
             "redis": args.redis,
             "workers": args.workers,
             **details,
-            "paced": f"{args.paced_rate:g}/s for {args.paced_seconds:g} s",
+            "paced": paced_info(args),
             "loadavg_at_start": load_average(),
         }
-        print(f"# Triggerbus {kind.title} trigger benchmark\n")
-        print("  ".join(f"{k}={v}" for k, v in info.items()))
-        port = free_port()
-        argv = [sys.executable, "-m", "triggerbus.cli", "serve", "--data-dir", str(tmp / "data"), "--port", str(port)]
-        env = child_env(
-            TRIGGERBUS_TOKEN=TOKEN,
-            TRIGGERBUS_MAX_WORKERS=str(args.workers),
-            TRIGGERBUS_STREAMS_REDIS=args.redis,
-            TRIGGERBUS_STREAMS_PREFIX=prefix,
-        )
+        print_heading(f"{kind.title} trigger", info)
         started = time.perf_counter()
         cleanup = aioredis.Redis.from_url(args.redis)
         try:
-            async with (
-                server_process(argv, env, port, tmp / "triggerbus.log") as pid,
-                aiohttp.ClientSession(
-                    headers={"X-Auth-Token": TOKEN}, timeout=aiohttp.ClientTimeout(total=120)
-                ) as http,
-            ):
-                svc = service(http, f"http://127.0.0.1:{port}", pid)
-                await svc.create_function()
+            async with running_service(
+                service,
+                tmp,
+                "data",
+                TRIGGERBUS_MAX_WORKERS=str(args.workers),
+                TRIGGERBUS_STREAMS_REDIS=args.redis,
+                TRIGGERBUS_STREAMS_PREFIX=prefix,
+            ) as svc:
                 phases = await measure_all(svc, prefix, tmp)
         finally:
             keys = [k async for k in cleanup.scan_iter(match=f"{prefix}:*", count=500)]
             if keys:
                 await cleanup.delete(*keys)
             await cleanup.aclose()
-        step(f"done in {time.perf_counter() - started:.0f} s; load average now {load_average()}")
+        step_done(started)
         table = report(phases, kind)
         return {
-            "command": " ".join(["python", "-m", kind.module, *sys.argv[1:]]),
+            "command": command_line(kind.module),
             "machine": info,
             "phases": [asdict(p) for p in phases],
             "table": table,
@@ -491,7 +420,7 @@ def report(phases: Sequence[Phase], kind: Kind) -> list[list[str]]:
     rows = []
     for p in phases:
         base = by_name.get(p.name.replace("Triggerbus", "raw XREAD"))
-        ratio = f"{p.rate / base.rate:.3f}x" if base is not None and p is not base and base.rate else ""
+        vs_raw = f"{p.rate / base.rate:.3f}x" if base is not None and p is not base and base.rate else ""
         service = (
             "-" if p.server_cpu_s is None else f"{(p.server_cpu_s + (p.worker_cpu_s or 0)) * 1000 / p.records:.3f}"
         )
@@ -500,11 +429,11 @@ def report(phases: Sequence[Phase], kind: Kind) -> list[list[str]]:
             [
                 p.name,
                 f"{p.records:,}",
-                _num(p.rate),
-                ratio,
-                _num(p.put_rate),
-                _num(p.per_batch, 1),
-                _pair(p.latency_ms),
+                num(p.rate),
+                vs_raw,
+                num(p.put_rate),
+                num(p.per_batch, 1),
+                pair(p.latency_ms),
                 service,
                 raw,
             ]
@@ -534,31 +463,21 @@ def report(phases: Sequence[Phase], kind: Kind) -> list[list[str]]:
 def add_common_args(parser: argparse.ArgumentParser, unit: str) -> None:
     """The options every stream bench has, after its own."""
     parser.add_argument("--size", type=int, default=100, help=f"{unit} bytes (default 100)")
-    parser.add_argument("--paced-rate", type=float, default=200.0, help=f"paced phase {unit}s/s (default 200)")
-    parser.add_argument("--paced-seconds", type=float, default=3.0, help="paced phase length (default 3 s)")
+    add_paced_args(parser, 200.0, f"paced phase {unit}s/s (default 200)")
     parser.add_argument("--sample", type=int, default=300, help="most batch records read per phase for latency")
-    parser.add_argument("--workers", "-w", type=int, default=default_workers(), help="service worker processes")
+    add_service_args(parser, sync=False)
     parser.add_argument("--redis", default=os.environ.get("TRIGGERBUS_TEST_REDIS", "redis://127.0.0.1:6379/0"))
-    parser.add_argument("--tmp-dir", default=None, help="where the data directory goes (default: system temp dir)")
-    parser.add_argument("--json", dest="json_out", default=None, help="also write all results to this JSON file")
+    add_output_args(parser, "where the data directory goes")
     parser.add_argument("--raw-consumer", action="store_true", help=argparse.SUPPRESS)
 
 
-def bench_main(
+def stream_main(
     args: argparse.Namespace,
     raw_consumer: Callable[[], Coroutine[Any, Any, None]],
     run: Callable[[], Coroutine[Any, Any, dict[str, Any]]],
 ) -> None:
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # like Ctrl-C: stop the servers, clean up
+    """A stream bench's ``main``: its raw consumer with ``--raw-consumer``, else the bench."""
     if args.raw_consumer:
-        with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(raw_consumer())
+        helper_main(raw_consumer())
         return
-    try:
-        results = asyncio.run(run())
-    except KeyboardInterrupt:
-        print("\ninterrupted: servers stopped, temporary data removed", file=sys.stderr)
-        sys.exit(130)
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(results, indent=2, default=str) + "\n")
-        print(f"\nresults written to {args.json_out}")
+    bench_main(run, args.json_out)

@@ -40,142 +40,62 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import contextlib
-import io
 import json
 import math
 import os
-import platform
-import signal
-import socket
-import sqlite3
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
-import zipfile
-from collections.abc import AsyncIterator, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
+from bench._common import (
+    FGS,
+    FUNCTION,
+    PROJECT,
+    TOKEN,
+    URN,
+    Dist,
+    SqliteWriter,
+    add_output_args,
+    add_sync_arg,
+    bench_main,
+    bench_parser,
+    bench_tmp,
+    child_env,
+    command_line,
+    cpu_delta,
+    cpu_snapshot,
+    create_function,
+    default_workers,
+    free_port,
+    fs_type,
+    iso_ts,
+    machine_basics,
+    noop_handler,
+    noop_zip,
+    num,
+    per_item_ms,
+    poll_until,
+    print_heading,
+    print_section,
+    ratio,
+    serve_until_stopped,
+    server_process,
+    triggerbus_server,
+)
 from invoker.runtime.base import FunctionSpec, InvocationRequest
 from invoker.runtime.codepkg import extract_zip
 from invoker.runtime.python_runtime import PythonRuntime
 
-ROOT = Path(__file__).resolve().parents[1]
-TOKEN = "bench-token-0123456789abcdef"
-PROJECT = "bench"
-FUNCTION = "noop"
-URN = f"urn:fss:local:{PROJECT}:function:default:{FUNCTION}:latest"
-INVOKE_PATH = f"/v2/{PROJECT}/fgs/functions/{URN}/invocations-async"
-RECORDS_PATH = f"/v2/{PROJECT}/fgs/functions/{URN}/async-invocations"
-NOOP_SOURCE = "def handler(event, context):\n    return None\n"
+INVOKE_PATH = f"{FGS}/functions/{URN}/invocations-async"
+RECORDS_PATH = f"{FGS}/functions/{URN}/async-invocations"
 JSON_HEADERS = {"Content-Type": "application/json"}
-STALL_S = 60.0  # give up waiting for completions after this long without progress
-
-
-# -- small helpers ------------------------------------------------------------------------------
-
-
-def default_workers() -> int:
-    """The service's own default for TRIGGERBUS_MAX_WORKERS."""
-    return max(4, 2 * (os.cpu_count() or 2))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def noop_zip() -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr("index.py", NOOP_SOURCE)
-    return buffer.getvalue()
-
-
-@dataclass
-class Dist:
-    """Percentiles (nearest rank) of a sample, in milliseconds."""
-
-    n: int
-    mean: float
-    p50: float
-    p95: float
-    p99: float
-    max: float
-
-    @classmethod
-    def of(cls, values_ms: Sequence[float]) -> Dist:
-        if not values_ms:
-            return cls(0, math.nan, math.nan, math.nan, math.nan, math.nan)
-        ordered = sorted(values_ms)
-
-        def rank(q: float) -> float:
-            return ordered[max(0, min(len(ordered) - 1, math.ceil(q / 100 * len(ordered)) - 1))]
-
-        return cls(len(ordered), sum(ordered) / len(ordered), rank(50), rank(95), rank(99), ordered[-1])
-
-
-# -- CPU accounting from /proc (Linux; silently absent elsewhere) --------------------------------
-
-_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def _cpu_s(pid: int) -> float | None:
-    """User + system CPU seconds of ``pid``, including children it has reaped."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            text = fh.read()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2 :].split()  # fields[0] is the state (field 3 of stat)
-    utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
-    return (utime + stime + cutime + cstime) / _TICK
-
-
-def _children(pid: int) -> list[int]:
-    found: list[int] = []
-    with contextlib.suppress(OSError):
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/children") as fh:
-                found.extend(int(x) for x in fh.read().split())
-    return found
-
-
-def descendants(pid: int) -> list[int]:
-    out: list[int] = []
-    todo = _children(pid)
-    while todo:
-        child = todo.pop()
-        out.append(child)
-        todo.extend(_children(child))
-    return out
-
-
-def cpu_snapshot(root: int) -> dict[int, float]:
-    snap: dict[int, float] = {}
-    for pid in (root, *descendants(root)):
-        value = _cpu_s(pid)
-        if value is not None:
-            snap[pid] = value
-    return snap
-
-
-def cpu_delta(before: dict[int, float], after: dict[int, float], root: int) -> tuple[float, float]:
-    """(CPU seconds of ``root`` itself, of its descendants) between two snapshots."""
-    own = after.get(root, 0.0) - before.get(root, 0.0)
-    rest = sum(value - before.get(pid, 0.0) for pid, value in after.items() if pid != root)
-    return own, rest
 
 
 # -- load generator -----------------------------------------------------------------------------
@@ -239,6 +159,11 @@ def new_session(concurrency: int) -> aiohttp.ClientSession:
     )
 
 
+def invocation_body(i: int) -> bytes:
+    """The event of the ``i``-th async invocation."""
+    return json.dumps({"i": i}).encode()
+
+
 async def drive(
     session: aiohttp.ClientSession,
     url: str,
@@ -249,8 +174,16 @@ async def drive(
     first_index: int = 0,
     server_pid: int | None = None,
     progress: Progress | None = None,
+    body: Callable[[int], bytes] = invocation_body,
+    status_ok: int = 202,
+    request_ids: bool = True,
 ) -> Load:
-    """``concurrency`` clients send ``requests`` POSTs in total, each as soon as its last answered."""
+    """``concurrency`` clients send ``requests`` POSTs in total, each as soon as its last answered.
+
+    Request ``i`` carries ``body(first_index + i)``, made before the clock starts; an answer is good
+    with ``status_ok``, and with ``request_ids`` it holds the ``request_id`` of an async invocation
+    (kept for the records API).
+    """
     load = Load(name, requests, concurrency)
     progress = progress or Progress()
     latencies = [math.nan] * requests
@@ -258,14 +191,14 @@ async def drive(
     ids = [""] * requests
     sent = [0.0] * requests
     counter = iter(range(requests))
+    bodies = [body(first_index + i) for i in range(requests)]
 
     async def client() -> None:
         for i in counter:
-            body = json.dumps({"i": first_index + i}).encode()
             sent[i] = time.time()
             t0 = time.perf_counter()
             try:
-                async with session.post(url, data=body, headers=JSON_HEADERS) as resp:
+                async with session.post(url, data=bodies[i], headers=JSON_HEADERS) as resp:
                     raw = await resp.read()
                     status = resp.status
             except (aiohttp.ClientError, TimeoutError) as exc:
@@ -273,13 +206,14 @@ async def drive(
                 load.first_error = load.first_error or repr(exc)
                 continue
             t1 = time.perf_counter()
-            if status != 202:
+            if status != status_ok:
                 load.errors += 1
                 load.first_error = load.first_error or f"HTTP {status}: {raw[:200]!r}"
                 continue
             latencies[i] = (t1 - t0) * 1000
             done_at.append(t1)
-            ids[i] = json.loads(raw)["request_id"]
+            if request_ids:
+                ids[i] = json.loads(raw)["request_id"]
             progress.accepted += 1
 
     cpu_before = cpu_snapshot(server_pid) if server_pid else {}
@@ -303,101 +237,24 @@ async def drive(
     return load
 
 
-# -- subprocess servers -------------------------------------------------------------------------
-
-
-async def wait_healthy(base: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as http:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-            with contextlib.suppress(aiohttp.ClientError, OSError):
-                async with http.get(base + "/health") as resp:
-                    if resp.status == 200:
-                        return
-            await asyncio.sleep(0.1)
-    raise RuntimeError(f"server did not become healthy in {timeout} s:\n{log.read_text()[-4000:]}")
-
-
-def stop_process(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM (graceful), then SIGKILL; also kill descendants that outlived it, by pid."""
-    family = descendants(proc.pid)
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-    for pid in family:  # workers run in their own sessions; normally the server reaped them already
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
-
-
-@contextlib.asynccontextmanager
-async def server_process(argv: list[str], env: dict[str, str], port: int, log: Path) -> AsyncIterator[int]:
-    """Start a server subprocess, wait for /health, yield its pid; always stopped afterwards."""
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-    try:
-        await wait_healthy(f"http://127.0.0.1:{port}", proc, log)
-        yield proc.pid
-    finally:
-        stop_process(proc)
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    pythonpath = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    return {**os.environ, "PYTHONPATH": pythonpath, **extra}
-
-
 # -- baseline servers (run in a subprocess: python -m bench.async_invoke --floor-server ...) ------
 
 
 async def serve_floor(kind: str, port: int, db_path: str, synchronous: str) -> None:
     """The floors: 202 + UUID, optionally after one single-threaded INSERT + COMMIT."""
-    executor = ThreadPoolExecutor(1, thread_name_prefix="sqlite")
-    conn: sqlite3.Connection | None = None
-    if kind == "sqlite":
-        conn = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA synchronous={synchronous}")
-        conn.execute("CREATE TABLE IF NOT EXISTS accepted(request_id TEXT PRIMARY KEY, payload BLOB, ts REAL)")
-
-    def append(request_id: str, payload: bytes) -> None:
-        assert conn is not None
-        conn.execute("BEGIN IMMEDIATE")
-        conn.execute("INSERT INTO accepted VALUES (?, ?, ?)", (request_id, payload, time.time()))
-        conn.execute("COMMIT")
+    schema = "CREATE TABLE IF NOT EXISTS accepted(request_id TEXT PRIMARY KEY, payload BLOB, ts REAL)"
+    store = SqliteWriter(db_path, synchronous, schema) if kind == "sqlite" else None
 
     async def accept(request: web.Request) -> web.Response:
         payload = await request.read()
         request_id = str(uuid.uuid4())
-        if conn is not None:
-            await asyncio.get_running_loop().run_in_executor(executor, append, request_id, payload)
+        if store is not None:
+            await store.write("INSERT INTO accepted VALUES (?, ?, ?)", [(request_id, payload, time.time())])
         return web.json_response({"request_id": request_id}, status=202)
 
-    async def health(request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
     app = web.Application()
-    app.router.add_get("/health", health)
     app.router.add_post("/v2/{project_id}/fgs/functions/{function_urn}/invocations-async", accept)
-    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)  # as triggerbus.server
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        await runner.cleanup()
-        executor.shutdown()
-        if conn is not None:
-            conn.close()
+    await serve_until_stopped(app, port, store.close if store else None)
 
 
 async def floor_phase(kind: str, args: argparse.Namespace, tmp: Path) -> Load:
@@ -430,9 +287,7 @@ class Direct:
 
 
 def handler_direct(calls: int) -> Direct:
-    namespace: dict[str, Any] = {}
-    exec(compile(NOOP_SOURCE, "index.py", "exec"), namespace)
-    handler: Callable[[Any, Any], Any] = namespace["handler"]
+    handler = noop_handler()
     event: dict[str, Any] = {"i": 0}
     context = object()
     t0 = time.perf_counter()
@@ -545,24 +400,36 @@ async def wait_for_success(
 ) -> Poll:
     """Poll the SUCCESS count until it reaches ``already`` plus everything ``progress`` had accepted."""
     poll = Poll()
-    seen, last_progress = -1, time.perf_counter()
-    while True:
+
+    async def probe() -> tuple[bool, int]:
         finished, accepted = progress.finished, progress.accepted  # read before the count is asked
         poll.count = await count_status(http, base, "SUCCESS")
         now = time.perf_counter()
         poll.max_backlog = max(poll.max_backlog, already + accepted - poll.count)
         if finished and poll.count >= already + accepted:
             poll.done_at = now
-            return poll
-        if poll.count > seen:
-            seen, last_progress = poll.count, now
-        elif now - last_progress > STALL_S:
-            return poll
-        await asyncio.sleep(interval)
+        return poll.done_at is not None, poll.count
+
+    await poll_until(probe, interval)
+    return poll
 
 
-def _iso(text: str) -> float:
-    return datetime.fromisoformat(text).timestamp()
+async def warm_up(
+    post: Callable[..., Awaitable[Load]],
+    session: aiohttp.ClientSession,
+    url: str,
+    observer: aiohttp.ClientSession,
+    base: str,
+    args: argparse.Namespace,
+) -> Poll:
+    """``--warmup`` unmeasured requests with ``post`` (:func:`drive` or a partial of it), which must also
+    complete, so that the workers are warm when the measurement starts."""
+    progress = Progress()
+    await post(session, url, name="warm-up", requests=args.warmup, concurrency=args.concurrency, progress=progress)
+    warm = await wait_for_success(observer, base, 0, progress)
+    if warm.done_at is None:
+        raise RuntimeError("the warm-up invocations did not complete; see the server log")
+    return warm
 
 
 async def sample_records(
@@ -585,52 +452,29 @@ async def sample_records(
             return
         first, last = attempts[0], attempts[-1]
         durations.append(float(first["duration_ms"]))
-        waits.append((_iso(first["start_time"]) - load.sent_wall[i]) * 1000)
+        waits.append((iso_ts(first["start_time"]) - load.sent_wall[i]) * 1000)
         if last["end_time"]:
-            ends.append((_iso(last["end_time"]) - load.sent_wall[i]) * 1000)
+            ends.append((iso_ts(last["end_time"]) - load.sent_wall[i]) * 1000)
 
     await asyncio.gather(*(fetch(i) for i in indices))
     return durations, waits, ends, statuses
 
 
 async def triggerbus_phase(args: argparse.Namespace, tmp: Path) -> tuple[Load, EndToEnd | None]:
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    argv = [sys.executable, "-m", "triggerbus.cli", "serve", "--data-dir", str(tmp / "triggerbus-data")]
-    argv += ["--port", str(port)]
-    env = child_env(
-        TRIGGERBUS_TOKEN=TOKEN,
+    service = triggerbus_server(
+        tmp / "triggerbus-data",
+        tmp / "triggerbus.log",
         TRIGGERBUS_SQLITE_SYNCHRONOUS=args.sync,
         TRIGGERBUS_MAX_WORKERS=str(args.workers),
     )
-    url = base + INVOKE_PATH
     async with (
-        server_process(argv, env, port, tmp / "triggerbus.log") as pid,
+        service as (base, pid),
         new_session(args.concurrency) as session,
         new_session(8) as observer,
     ):
-        body: dict[str, Any] = {
-            "func_name": FUNCTION,
-            "runtime": "Python3.9",
-            "handler": "index.handler",
-            "code_type": "zip",
-            "func_code": {"file": base64.b64encode(noop_zip()).decode()},
-            "timeout": 10,
-            "memory_size": 256,
-        }
-        if args.max_instances:
-            body["max_instance_num"] = args.max_instances
-        async with observer.post(f"{base}/v2/{PROJECT}/fgs/functions", json=body) as resp:
-            if resp.status != 200:
-                raise RuntimeError(f"create function: HTTP {resp.status}: {await resp.text()}")
-
-        warm_progress = Progress()
-        await drive(
-            session, url, name="warm-up", requests=args.warmup, concurrency=args.concurrency, progress=warm_progress
-        )
-        warm = await wait_for_success(observer, base, 0, warm_progress)
-        if warm.done_at is None:
-            raise RuntimeError("the warm-up invocations did not complete; see the server log")
+        url = base + INVOKE_PATH
+        await create_function(observer, base, args.max_instances)
+        warm = await warm_up(drive, session, url, observer, base, args)
 
         progress = Progress()
         before = cpu_snapshot(pid)
@@ -683,30 +527,9 @@ async def triggerbus_phase(args: argparse.Namespace, tmp: Path) -> tuple[Load, E
 # -- report ----------------------------------------------------------------------------------------
 
 
-def fs_type(path: Path) -> str:
-    """The filesystem type holding ``path`` (fsync cost depends on it), from /proc/mounts."""
-    best, kind = "", "?"
-    with contextlib.suppress(OSError), open("/proc/mounts") as fh:
-        for line in fh:
-            parts = line.split()
-            if len(parts) >= 3 and str(path.resolve()).startswith(parts[1]) and len(parts[1]) > len(best):
-                best, kind = parts[1], f"{parts[2]} ({parts[0]} on {parts[1]})"
-    return kind
-
-
 def machine_info(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    model = platform.processor() or "?"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as fh:
-        for line in fh:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
     return {
-        "cpus": os.cpu_count(),
-        "cpu_model": model,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "sqlite": sqlite3.sqlite_version,
+        **machine_basics(),
         "aiohttp": aiohttp.__version__,
         "synchronous": args.sync,
         "data_dir_fs": fs_type(tmp),
@@ -716,41 +539,6 @@ def machine_info(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         "warmup": args.warmup,
         "max_instances": args.max_instances or "service default",
     }
-
-
-def _num(value: float | None, digits: int = 0) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return f"{value:,.{digits}f}"
-
-
-def _ratio(value: float | None, base: float | None) -> str:
-    if value is None or base is None or base == 0 or math.isnan(value) or math.isnan(base):
-        return "-"
-    ratio = value / base
-    return f"1/{1 / ratio:,.0f}x" if 0 < ratio < 0.01 else f"{ratio:.3g}x"
-
-
-def _per_ms(*seconds: float | None, n: int) -> float | None:
-    """Milliseconds per item of a sum of CPU seconds (None if any is unknown)."""
-    if n <= 0 or any(x is None for x in seconds):
-        return None
-    return sum(x for x in seconds if x is not None) * 1000 / n
-
-
-def print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    widths = [max(len(str(r[i])) for r in (header, *rows)) for i in range(len(header))]
-
-    def line(cells: Sequence[str]) -> str:
-        out = []
-        for i, cell in enumerate(cells):
-            out.append(str(cell).ljust(widths[i]) if i == 0 else str(cell).rjust(widths[i]))
-        return "| " + " | ".join(out) + " |"
-
-    print(line(header))
-    print("|" + "|".join("-" * (w + 2) if i == 0 else "-" * (w + 1) + ":" for i, w in enumerate(widths)) + "|")
-    for row in rows:
-        print(line(row))
 
 
 def report(
@@ -763,9 +551,6 @@ def report(
     accept: Load,
     e2e: EndToEnd | None,
 ) -> list[list[str]]:
-    print()
-    print("## Phases (raw)")
-    print()
     rows: list[list[str]] = []
     for load in (floor_http, floor_sql, accept):
         d = load.latency_ms or Dist.of([])
@@ -773,15 +558,15 @@ def report(
             [
                 load.name,
                 f"{load.ok}/{load.requests}",
-                _num(load.rps),
-                _num(load.worst_1s),
-                _num(d.p50, 2),
-                _num(d.p95, 2),
-                _num(d.p99, 2),
-                _num(d.max, 2),
-                _num(load.client_cpu_s, 1),
-                _num(load.server_cpu_s, 1),
-                _num(load.worker_cpu_s, 1),
+                num(load.rps),
+                num(load.worst_1s),
+                num(d.p50, 2),
+                num(d.p95, 2),
+                num(d.p99, 2),
+                num(d.max, 2),
+                num(load.client_cpu_s, 1),
+                num(load.server_cpu_s, 1),
+                num(load.worker_cpu_s, 1),
             ]
         )
     for direct in (seq, conc):
@@ -790,18 +575,18 @@ def report(
             [
                 direct.name,
                 f"{direct.calls - direct.failures}/{direct.calls}",
-                _num(direct.rate),
+                num(direct.rate),
                 "-",
-                _num(d.p50, 2),
-                _num(d.p95, 2),
-                _num(d.p99, 2),
-                _num(d.max, 2),
+                num(d.p50, 2),
+                num(d.p95, 2),
+                num(d.p99, 2),
+                num(d.max, 2),
                 "-",
                 "-",
                 "-",
             ]
         )
-    rows.append([handler.name, f"{handler.calls}/{handler.calls}", _num(handler.rate)] + ["-"] * 8)
+    rows.append([handler.name, f"{handler.calls}/{handler.calls}", num(handler.rate)] + ["-"] * 8)
     header = [
         "phase",
         "ok",
@@ -815,15 +600,15 @@ def report(
         "server CPU s",
         "workers CPU s",
     ]
-    print_table(header, rows)
+    print_section("Phases (raw)", header, rows)
     if e2e is not None:
         print()
         print(
             f"Triggerbus end to end: {e2e.completed} completed in {e2e.first_send_to_all_done_s:.2f} s from the first"
             f" POST; {e2e.done_when_accept_ended} were done when the last 202 arrived; drain after that"
             f" {e2e.drain_after_accept_s:.2f} s; largest backlog seen {e2e.max_backlog}."
-            f" CPU over the whole run: server {_num(e2e.server_cpu_s, 1)} s,"
-            f" workers {_num(e2e.worker_cpu_s, 1)} s, client {e2e.client_cpu_s:.1f} s."
+            f" CPU over the whole run: server {num(e2e.server_cpu_s, 1)} s,"
+            f" workers {num(e2e.worker_cpu_s, 1)} s, client {e2e.client_cpu_s:.1f} s."
             + (f" Other statuses: {e2e.other_statuses}." if e2e.other_statuses else "")
         )
 
@@ -832,24 +617,24 @@ def report(
     fs = floor_sql.latency_ms or Dist.of([])
     sq = seq.latency_ms or Dist.of([])
     table: list[list[str]] = [
-        ["accepted/s vs HTTP floor (a)", _num(accept.rps), _num(floor_http.rps), _ratio(accept.rps, floor_http.rps)],
+        ["accepted/s vs HTTP floor (a)", num(accept.rps), num(floor_http.rps), ratio(accept.rps, floor_http.rps)],
         [
             f"accepted/s vs durable-append floor (b, {info['synchronous']})",
-            _num(accept.rps),
-            _num(floor_sql.rps),
-            _ratio(accept.rps, floor_sql.rps),
+            num(accept.rps),
+            num(floor_sql.rps),
+            ratio(accept.rps, floor_sql.rps),
         ],
-        ["accept p50 ms vs HTTP floor", _num(a.p50, 2), _num(fh.p50, 2), _ratio(a.p50, fh.p50)],
-        ["accept p95 ms vs HTTP floor", _num(a.p95, 2), _num(fh.p95, 2), _ratio(a.p95, fh.p95)],
-        ["accept p99 ms vs HTTP floor", _num(a.p99, 2), _num(fh.p99, 2), _ratio(a.p99, fh.p99)],
-        ["accept max ms vs HTTP floor", _num(a.max, 2), _num(fh.max, 2), _ratio(a.max, fh.max)],
-        ["accept p50 ms vs durable-append floor", _num(a.p50, 2), _num(fs.p50, 2), _ratio(a.p50, fs.p50)],
-        ["accept p99 ms vs durable-append floor", _num(a.p99, 2), _num(fs.p99, 2), _ratio(a.p99, fs.p99)],
+        ["accept p50 ms vs HTTP floor", num(a.p50, 2), num(fh.p50, 2), ratio(a.p50, fh.p50)],
+        ["accept p95 ms vs HTTP floor", num(a.p95, 2), num(fh.p95, 2), ratio(a.p95, fh.p95)],
+        ["accept p99 ms vs HTTP floor", num(a.p99, 2), num(fh.p99, 2), ratio(a.p99, fh.p99)],
+        ["accept max ms vs HTTP floor", num(a.max, 2), num(fh.max, 2), ratio(a.max, fh.max)],
+        ["accept p50 ms vs durable-append floor", num(a.p50, 2), num(fs.p50, 2), ratio(a.p50, fs.p50)],
+        ["accept p99 ms vs durable-append floor", num(a.p99, 2), num(fs.p99, 2), ratio(a.p99, fs.p99)],
         [
             "PythonRuntime direct/s vs handler in-process",
-            _num(conc.rate),
-            _num(handler.rate),
-            _ratio(conc.rate, handler.rate),
+            num(conc.rate),
+            num(handler.rate),
+            ratio(conc.rate, handler.rate),
         ],
     ]
     if e2e is not None:
@@ -859,53 +644,54 @@ def report(
         table += [
             [
                 f"completions/s vs PythonRuntime direct ({conc.concurrency} concurrent)",
-                _num(e2e.completions_per_s),
-                _num(conc.rate),
-                _ratio(e2e.completions_per_s, conc.rate),
+                num(e2e.completions_per_s),
+                num(conc.rate),
+                ratio(e2e.completions_per_s, conc.rate),
             ],
             [
                 "completions/s vs PythonRuntime direct (sequential)",
-                _num(e2e.completions_per_s),
-                _num(seq.rate),
-                _ratio(e2e.completions_per_s, seq.rate),
+                num(e2e.completions_per_s),
+                num(seq.rate),
+                ratio(e2e.completions_per_s, seq.rate),
             ],
             [
                 "completions/s vs accepted/s",
-                _num(e2e.completions_per_s),
-                _num(accept.rps),
-                _ratio(e2e.completions_per_s, accept.rps),
+                num(e2e.completions_per_s),
+                num(accept.rps),
+                ratio(e2e.completions_per_s, accept.rps),
             ],
             [
                 f"attempt duration_ms p50 (n={e2e.sample}) vs direct sequential p50",
-                _num(dur.p50, 2),
-                _num(sq.p50, 2),
-                _ratio(dur.p50, sq.p50),
+                num(dur.p50, 2),
+                num(sq.p50, 2),
+                ratio(dur.p50, sq.p50),
             ],
             [
                 "attempt duration_ms p99 vs direct sequential p99",
-                _num(dur.p99, 2),
-                _num(sq.p99, 2),
-                _ratio(dur.p99, sq.p99),
+                num(dur.p99, 2),
+                num(sq.p99, 2),
+                ratio(dur.p99, sq.p99),
             ],
             [
                 "CPU ms per invocation: server+workers vs PythonRuntime direct (bench+workers)",
-                _num(_per_ms(e2e.server_cpu_s, e2e.worker_cpu_s, n=e2e.completed), 2),
-                _num(_per_ms(conc.cpu_s, n=conc.calls), 2),
-                _ratio(_per_ms(e2e.server_cpu_s, e2e.worker_cpu_s, n=e2e.completed), _per_ms(conc.cpu_s, n=conc.calls)),
+                num(per_item_ms(e2e.completed, e2e.server_cpu_s, e2e.worker_cpu_s), 2),
+                num(per_item_ms(conc.calls, conc.cpu_s), 2),
+                ratio(
+                    per_item_ms(e2e.completed, e2e.server_cpu_s, e2e.worker_cpu_s), per_item_ms(conc.calls, conc.cpu_s)
+                ),
             ],
             [
                 "server CPU ms per accepted request (incl. concurrent runs) vs floor (b)",
-                _num(_per_ms(accept.server_cpu_s, n=accept.ok), 2),
-                _num(_per_ms(floor_sql.server_cpu_s, n=floor_sql.ok), 2),
-                _ratio(_per_ms(accept.server_cpu_s, n=accept.ok), _per_ms(floor_sql.server_cpu_s, n=floor_sql.ok)),
+                num(per_item_ms(accept.ok, accept.server_cpu_s), 2),
+                num(per_item_ms(floor_sql.ok, floor_sql.server_cpu_s), 2),
+                ratio(per_item_ms(accept.ok, accept.server_cpu_s), per_item_ms(floor_sql.ok, floor_sql.server_cpu_s)),
             ],
-            [f"send -> attempt start p50 / p99 ms (n={wait.n})", f"{_num(wait.p50)} / {_num(wait.p99)}", "-", "-"],
-            ["send -> attempt end p50 / p99 ms", f"{_num(end.p50)} / {_num(end.p99)}", "-", "-"],
+            [f"send -> attempt start p50 / p99 ms (n={wait.n})", f"{num(wait.p50)} / {num(wait.p99)}", "-", "-"],
+            ["send -> attempt end p50 / p99 ms", f"{num(end.p50)} / {num(end.p99)}", "-", "-"],
         ]
-    print()
-    print("## Triggerbus against baselines (ratio = value / baseline)")
-    print()
-    print_table(["metric", "value", "baseline", "ratio"], table)
+    print_section(
+        "Triggerbus against baselines (ratio = value / baseline)", ["metric", "value", "baseline", "ratio"], table
+    )
     return table
 
 
@@ -913,12 +699,9 @@ def report(
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="tb-bench-", dir=args.tmp_dir, ignore_cleanup_errors=True) as name:
-        tmp = Path(name)
+    with bench_tmp("tb-bench-", args.tmp_dir) as tmp:
         info = machine_info(args, tmp)
-        print("# Triggerbus async-invoke benchmark")
-        print()
-        print("  ".join(f"{k}={v}" for k, v in info.items()))
+        print_heading("async-invoke", info)
         steps: list[tuple[str, float]] = []
 
         def step(label: str, t0: float) -> None:
@@ -940,7 +723,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         step("Triggerbus", t0)
         table = report(info, handler, seq, conc, floor_http, floor_sql, accept, e2e)
         return {
-            "command": " ".join(["python", "-m", "bench.async_invoke", *sys.argv[1:]]),
+            "command": command_line("bench.async_invoke"),
             "machine": info,
             "handler_direct": asdict(handler),
             "runtime_direct_sequential": asdict(seq),
@@ -955,9 +738,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.async_invoke",
-        description="Measure Triggerbus async invocation (accept path and end to end) against same-run baselines.",
+    parser = bench_parser(
+        "bench.async_invoke",
+        "Measure Triggerbus async invocation (accept path and end to end) against same-run baselines.",
     )
     parser.add_argument("--requests", "-n", type=int, default=5000, help="measured requests per phase (default 5000)")
     parser.add_argument("--concurrency", "-c", type=int, default=32, help="concurrent HTTP clients (default 32)")
@@ -968,12 +751,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=default_workers(),
         help="Python worker processes (default: service default)",
     )
-    parser.add_argument("--sync", choices=("FULL", "NORMAL"), default="FULL", help="SQLite synchronous (default FULL)")
+    add_sync_arg(parser)
     parser.add_argument("--warmup", type=int, default=200, help="unmeasured warm-up requests per phase (default 200)")
     parser.add_argument("--sample", type=int, default=200, help="records sampled for per-record timings (default 200)")
     parser.add_argument("--max-instances", type=int, default=0, help="function max_instance_num (default: service's)")
-    parser.add_argument("--tmp-dir", default=None, help="where data directories go (default: system temp dir)")
-    parser.add_argument("--json", dest="json_out", default=None, help="also write all results to this JSON file")
+    add_output_args(parser)
     # Internal: this module is also the baseline server, run as a subprocess.
     parser.add_argument("--floor-server", choices=("http", "sqlite"), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
@@ -989,15 +771,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.floor_server:
         asyncio.run(serve_floor(args.floor_server, args.port, args.floor_db, args.sync))
         return
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # like Ctrl-C: stop the servers, clean up
-    try:
-        results = asyncio.run(run(args))
-    except KeyboardInterrupt:
-        print("\ninterrupted: servers stopped, temporary data removed", file=sys.stderr)
-        sys.exit(130)
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(results, indent=2, default=str) + "\n")
-        print(f"\nresults written to {args.json_out}")
+    bench_main(lambda: run(args), args.json_out)
 
 
 if __name__ == "__main__":

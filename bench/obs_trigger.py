@@ -35,14 +35,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
+import functools
 import hashlib
 import io
 import json
-import math
-import signal
-import sqlite3
 import sys
 import tempfile
 import time
@@ -55,26 +52,24 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from bench.async_invoke import (
-    FUNCTION,
-    PROJECT,
+from bench._common import (
+    FGS,
     TOKEN,
     URN,
-    Load,
-    Progress,
-    _num,
-    _ratio,
+    SqliteWriter,
     child_env,
     cpu_delta,
     cpu_snapshot,
+    create_function,
     free_port,
-    noop_zip,
+    num,
     print_table,
+    ratio,
+    serve_until_stopped,
     server_process,
-    wait_for_success,
-    worst_second,
+    triggerbus_server,
 )
-from bench.async_invoke import Dist as LatencyDist
+from bench.async_invoke import Load, Progress, drive, wait_for_success, warm_up
 
 BUCKET = "bench-input"
 
@@ -113,107 +108,28 @@ def notification(i: int) -> bytes:
 
 
 async def serve_raw(kind: str, port: int, db_path: str) -> None:
-    executor = ThreadPoolExecutor(1, thread_name_prefix="sqlite")
-    conn: sqlite3.Connection | None = None
-    if kind == "durable":
-        conn = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("CREATE TABLE IF NOT EXISTS received(id TEXT PRIMARY KEY, bucket TEXT, key TEXT, body BLOB)")
-
-    def append(body: bytes, objects: list[tuple[str, str]]) -> None:
-        assert conn is not None
-        conn.execute("BEGIN IMMEDIATE")
-        for bucket, key in objects:
-            conn.execute("INSERT INTO received VALUES (?, ?, ?, ?)", (str(uuid.uuid4()), bucket, key, body))
-        conn.execute("COMMIT")
+    schema = "CREATE TABLE IF NOT EXISTS received(id TEXT PRIMARY KEY, bucket TEXT, key TEXT, body BLOB)"
+    store = SqliteWriter(db_path, "FULL", schema) if kind == "durable" else None
 
     async def receive(request: web.Request) -> web.Response:
         body = await request.read()
         document = json.loads(body)
         objects = [(r["s3"]["bucket"]["name"], r["s3"]["object"]["key"]) for r in document.get("Records", [])]
-        if conn is not None:
-            await asyncio.get_running_loop().run_in_executor(executor, append, body, objects)
+        if store is not None:
+            rows = [(str(uuid.uuid4()), bucket, key, body) for bucket, key in objects]
+            await store.write("INSERT INTO received VALUES (?, ?, ?, ?)", rows)
         return web.json_response({"records": len(objects)})
 
-    async def health(request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
     app = web.Application()
-    app.router.add_get("/health", health)
     app.router.add_post("/hook", receive)
-    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        await runner.cleanup()
-        executor.shutdown()
-        if conn is not None:
-            conn.close()
+    await serve_until_stopped(app, port, store.close if store else None)
 
 
 # -- the load generator --------------------------------------------------------------------------------------
 
 
-async def post_notifications(
-    session: aiohttp.ClientSession,
-    url: str,
-    *,
-    name: str,
-    requests: int,
-    concurrency: int,
-    first_index: int = 0,
-    server_pid: int | None = None,
-    progress: Progress | None = None,
-) -> Load:
-    """``concurrency`` clients POST ``requests`` distinct notifications, each after the last was answered."""
-    load = Load(name, requests, concurrency)
-    progress = progress or Progress()
-    latencies: list[float] = []
-    done_at: list[float] = []
-    counter = iter(range(requests))
-    bodies = [notification(first_index + i) for i in range(requests)]
-
-    async def client() -> None:
-        for i in counter:
-            t0 = time.perf_counter()
-            try:
-                async with session.post(url, data=bodies[i], headers={"Content-Type": "application/json"}) as resp:
-                    raw = await resp.read()
-                    status = resp.status
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                load.errors += 1
-                load.first_error = load.first_error or repr(exc)
-                continue
-            t1 = time.perf_counter()
-            if status != 200:
-                load.errors += 1
-                load.first_error = load.first_error or f"HTTP {status}: {raw[:200]!r}"
-                continue
-            latencies.append((t1 - t0) * 1000)
-            done_at.append(t1)
-            progress.accepted += 1
-
-    before = cpu_snapshot(server_pid) if server_pid else {}
-    load.t_start = time.perf_counter()
-    try:
-        await asyncio.gather(*(client() for _ in range(concurrency)))
-    finally:
-        progress.finished = True
-    load.wall_s = time.perf_counter() - load.t_start
-    load.worst_1s = worst_second(done_at, load.t_start)
-    if server_pid:
-        load.server_cpu_s, load.worker_cpu_s = cpu_delta(before, cpu_snapshot(server_pid), server_pid)
-    load.ok = len(latencies)
-    load.rps = load.ok / load.wall_s if load.wall_s > 0 else math.nan
-    load.latency_ms = LatencyDist.of(latencies)
-    return load
+# The async-invoke bench's load generator, with distinct notifications for bodies and 200 for an answer.
+post_notifications = functools.partial(drive, body=notification, status_ok=200, request_ids=False)
 
 
 def session_for(concurrency: int) -> aiohttp.ClientSession:
@@ -252,29 +168,12 @@ class EndToEnd:
 @contextlib.asynccontextmanager
 async def triggerbus(args: argparse.Namespace, tmp: Path, bucket: str, endpoint: str = "") -> Any:
     """A service with the no-op function and an OBS trigger on ``bucket``: (base, webhook url, pid, http)."""
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
     data_dir = tmp / f"triggerbus-{uuid.uuid4().hex[:6]}"
-    argv = [sys.executable, "-m", "triggerbus.cli", "serve", "--data-dir", str(data_dir), "--port", str(port)]
-    env = child_env(TRIGGERBUS_TOKEN=TOKEN, TRIGGERBUS_MAX_WORKERS=str(args.workers))
-    async with (
-        server_process(argv, env, port, data_dir.with_suffix(".log")) as pid,
-        aiohttp.ClientSession(headers={"X-Auth-Token": TOKEN}) as http,
-    ):
-        function = {
-            "func_name": FUNCTION,
-            "runtime": "Python3.9",
-            "handler": "index.handler",
-            "code_type": "zip",
-            "func_code": {"file": base64.b64encode(noop_zip()).decode()},
-            "timeout": 10,
-            "memory_size": 256,
-        }
-        async with http.post(f"{base}/v2/{PROJECT}/fgs/functions", json=function) as resp:
-            if resp.status != 200:
-                raise RuntimeError(f"create function: HTTP {resp.status}: {await resp.text()}")
+    service = triggerbus_server(data_dir, data_dir.with_suffix(".log"), TRIGGERBUS_MAX_WORKERS=str(args.workers))
+    async with service as (base, pid), aiohttp.ClientSession(headers={"X-Auth-Token": TOKEN}) as http:
+        await create_function(http, base)
         trigger = {"trigger_type_code": "OBS", "event_data": {"bucket": bucket, "events": ["s3:ObjectCreated:*"]}}
-        async with http.post(f"{base}/v2/{PROJECT}/fgs/triggers/{URN}", json=trigger) as resp:
+        async with http.post(f"{base}{FGS}/triggers/{URN}", json=trigger) as resp:
             created = await resp.json()
             if resp.status != 201:
                 raise RuntimeError(f"create trigger: HTTP {resp.status}: {created}")
@@ -284,13 +183,7 @@ async def triggerbus(args: argparse.Namespace, tmp: Path, bucket: str, endpoint:
 
 async def triggerbus_phase(args: argparse.Namespace, tmp: Path) -> tuple[Load, EndToEnd | None]:
     async with triggerbus(args, tmp, BUCKET) as (base, url, pid, http), session_for(args.concurrency) as session:
-        warm_progress = Progress()
-        await post_notifications(
-            session, url, name="warm-up", requests=args.warmup, concurrency=args.concurrency, progress=warm_progress
-        )
-        warm = await wait_for_success(http, base, 0, warm_progress)
-        if warm.done_at is None:
-            raise RuntimeError("the warm-up invocations did not complete; see the server log")
+        warm = await warm_up(post_notifications, session, url, http, base, args)
         progress = Progress()
         before = cpu_snapshot(pid)
         poller = asyncio.create_task(wait_for_success(http, base, warm.count, progress))
@@ -397,12 +290,12 @@ def report(loads: list[Load], e2e: EndToEnd | None, uploads: list[Uploads]) -> N
                 load.name,
                 str(load.ok),
                 str(load.errors),
-                _num(load.rps),
-                _num(load.latency_ms.p50 if load.latency_ms else None, 2),
-                _num(load.latency_ms.p99 if load.latency_ms else None, 2),
-                _num(load.server_cpu_s, 2),
-                _ratio(load.rps, raw.rps),
-                _ratio(load.rps, durable.rps),
+                num(load.rps),
+                num(load.latency_ms.p50 if load.latency_ms else None, 2),
+                num(load.latency_ms.p99 if load.latency_ms else None, 2),
+                num(load.server_cpu_s, 2),
+                ratio(load.rps, raw.rps),
+                ratio(load.rps, durable.rps),
             ]
             for load in loads
         ],
@@ -410,10 +303,10 @@ def report(loads: list[Load], e2e: EndToEnd | None, uploads: list[Uploads]) -> N
     if e2e is not None:
         print()
         print(
-            f"Triggerbus end-to-end: {e2e.completed} invocations SUCCESS, {_num(e2e.per_s)} notif/s from the first "
-            f"POST to the last SUCCESS ({_ratio(e2e.per_s, raw.rps)} of (a), {_ratio(e2e.per_s, durable.rps)} of (b)); "
-            f"CPU: server {_num(e2e.server_cpu_s, 2)} s, workers {_num(e2e.worker_cpu_s, 2)} s "
-            f"({_num((e2e.server_cpu_s or 0) * 1000 / max(1, e2e.completed), 2)} ms server CPU per notification)"
+            f"Triggerbus end-to-end: {e2e.completed} invocations SUCCESS, {num(e2e.per_s)} notif/s from the first "
+            f"POST to the last SUCCESS ({ratio(e2e.per_s, raw.rps)} of (a), {ratio(e2e.per_s, durable.rps)} of (b)); "
+            f"CPU: server {num(e2e.server_cpu_s, 2)} s, workers {num(e2e.worker_cpu_s, 2)} s "
+            f"({num((e2e.server_cpu_s or 0) * 1000 / max(1, e2e.completed), 2)} ms server CPU per notification)"
         )
     if tb.errors:
         print(f"!! Triggerbus errors: {tb.first_error}")
@@ -423,7 +316,7 @@ def report(loads: list[Load], e2e: EndToEnd | None, uploads: list[Uploads]) -> N
         base = uploads[0].per_s
         print_table(
             ["pipeline", "puts", "puts/s", "notified", "vs raw"],
-            [[u.name, str(u.puts), _num(u.per_s), str(u.notified), _ratio(u.per_s, base)] for u in uploads],
+            [[u.name, str(u.puts), num(u.per_s), str(u.notified), ratio(u.per_s, base)] for u in uploads],
         )
 
 

@@ -49,55 +49,61 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import math
-import os
-import platform
-import signal
-import sqlite3
-import sys
-import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import aio_pika
-import aiohttp
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 
-from bench.async_invoke import (
-    NOOP_SOURCE,
-    ROOT,
-    TOKEN,
-    URN,
-    Dist,
-    _num,
-    _ratio,
-    child_env,
-    default_workers,
-    free_port,
+from bench._common import (
+    add_output_args,
+    add_paced_args,
+    add_service_args,
+    batch_sizes,
+    bench_main,
+    bench_parser,
+    bench_tmp,
     fs_type,
-    print_table,
-    server_process,
-)
-from bench.kafka_trigger import (
-    STALL_S,
-    Produced,
-    Service,
-    TriggerRun,
-    _cpu,
-    _cpu_total,
-    _pair,
-    _per_msg_ms,
+    helper_main,
     load_average,
+    machine_basics,
+    noop_handler,
+    num,
+    paced_count,
+    paced_info,
+    pair,
+    per_item_ms,
+    print_heading,
+    print_section,
+    ratio,
+    run_results,
+    step,
+    step_done,
+)
+from bench._triggers import (
+    LATENCY_COLUMNS,
+    Pace,
+    Produced,
+    RawProcess,
+    RawRun,
+    TriggerRun,
+    TriggerService,
+    commands,
+    latency_cells,
+    measure_phases,
+    measure_raw,
     measure_trigger,
     message,
     read_records,
-    sent_at,
-    step,
+    running_service,
+    say,
+    say_consumed,
+    warm_up_trigger,
 )
 from connectors.rabbitmq import IN_FLIGHT_BATCHES, MAX_PREFETCH, MIN_PREFETCH, queue_name
 
@@ -177,15 +183,7 @@ class Publisher:
         return await self._send(exchange, n, None)
 
     async def paced(self, exchange: str, rate: float, seconds: float) -> Produced:
-        n = max(1, round(rate * seconds))
-        start = time.perf_counter()
-
-        async def pace(i: int) -> None:
-            delay = start + i / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-
-        return await self._send(exchange, n, pace)
+        return await self._send(exchange, max(1, round(rate * seconds)), Pace(rate))
 
 
 # -- the raw consumer (a subprocess: python -m bench.rabbitmq_trigger --raw-consumer ...) -------------
@@ -228,27 +226,18 @@ async def raw_consumer_main(broker: str, queue: str, batch: int, window_ms: int)
     handler on each batch's event, then one ``multiple`` ack. It answers one JSON line:
     timings and, per message, handler return time minus publish time. ``{"op": "exit"}`` leaves.
     """
-    namespace: dict[str, Any] = {}
-    exec(compile(NOOP_SOURCE, "index.py", "exec"), namespace)
-    handler: Callable[[Any, Any], Any] = namespace["handler"]
+    handler = noop_handler()
     connection = await amqp_connect(broker, "triggerbus bench raw consumer")
     channel = await connection.channel()
     await channel.set_qos(prefetch_count=prefetch_for(batch))
     source = await channel.get_queue(queue, ensure=True)
     batches = Batches(batch, window_ms / 1000)
-    loop = asyncio.get_running_loop()
-
-    def say(body: dict[str, Any]) -> None:
-        sys.stdout.write(json.dumps(body) + "\n")
-        sys.stdout.flush()
-
     try:
         say({"ready": True})
-        while True:
-            line = await loop.run_in_executor(None, sys.stdin.readline)
-            if not line or json.loads(line)["op"] != "consume":
+        async for command in commands():
+            if command["op"] != "consume":
                 return
-            want = int(json.loads(line)["n"])
+            want = int(command["n"])
             tag = await source.consume(batches.add, no_ack=False)
             got = invoked = 0
             first_record: float | None = None
@@ -272,89 +261,18 @@ async def raw_consumer_main(broker: str, queue: str, batch: int, window_ms: int)
                 got += len(taken)
                 done.append((finished, texts))
             await source.cancel(tag)
-            latencies = [(t - sent_at(m)) * 1000 for t, texts in done for m in texts]
-            say(
-                {
-                    "messages": got,
-                    "batches": invoked,
-                    "first_record": first_record,
-                    "last_done": done[-1][0] if done else None,
-                    "latency_ms": asdict(Dist.of(latencies)),
-                }
-            )
+            say_consumed(got, invoked, first_record, done)
     finally:
         await connection.close()
-
-
-@dataclass
-class RawRun:
-    name: str
-    messages: int
-    batches: int
-    rate: float  # messages / (last done - first publish), or / (last done - first delivery) for a drain
-    wall_s: float
-    latency_ms: Dist | None  # publish -> handler returned (live runs only)
-    consumer_cpu_s: float | None = None
-    broker_cpu_s: float | None = None
-
-
-class RawConsumer:
-    """The raw consumer subprocess, driven over its stdin/stdout."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-
-    @classmethod
-    @contextlib.asynccontextmanager
-    async def running(
-        cls, broker: str, queue: str, batch: int, window_ms: int, log: Path
-    ) -> AsyncIterator[RawConsumer]:
-        argv = [sys.executable, "-m", "bench.rabbitmq_trigger", "--raw-consumer", "--broker", broker]
-        argv += ["--queue", queue, "--batches", str(batch), "--window-ms", str(window_ms)]
-        with open(log, "ab") as err:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=err,
-                env=child_env(),
-                cwd=ROOT,
-            )
-        try:
-            ready = await cls(proc).answer(30)
-            if not ready.get("ready"):
-                raise RuntimeError(f"the raw consumer did not get ready: {ready}")
-            yield cls(proc)
-        finally:
-            if proc.returncode is None and proc.stdin is not None:
-                with contextlib.suppress(Exception):
-                    proc.stdin.write(b'{"op": "exit"}\n')
-                    await proc.stdin.drain()
-            try:
-                await asyncio.wait_for(proc.wait(), 15)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
-
-    async def answer(self, timeout: float) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
-        if not line:
-            raise RuntimeError(f"the raw consumer exited with {await self.proc.wait()}; see its log")
-        return dict(json.loads(line))
-
-    async def consume(self, n: int) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write((json.dumps({"op": "consume", "n": n}) + "\n").encode())
-        await self.proc.stdin.drain()
 
 
 # -- Triggerbus ---------------------------------------------------------------------------------------
 
 
-class RabbitService(Service):
-    """The Kafka bench's HTTP access to the service, for RABBITMQ triggers."""
+class RabbitService(TriggerService):
+    """HTTP access to the service for RABBITMQ triggers."""
+
+    trigger_type: ClassVar[str] = TRIGGER_TYPE
 
     async def create_trigger(self, broker: str, exchange: str, batch: int, window_ms: int) -> str:
         event_data = {
@@ -366,30 +284,10 @@ class RabbitService(Service):
             "batch_size": batch,
             "batch_window_ms": window_ms,
         }
-        body = await self.call(
-            "POST", f"/triggers/{URN}", {"trigger_type_code": TRIGGER_TYPE, "event_data": event_data}
-        )
-        return str(body["trigger_id"])
-
-    async def set_status(self, trigger_id: str, status: str) -> None:
-        await self.call("PUT", f"/triggers/{URN}/{TRIGGER_TYPE}/{trigger_id}", {"trigger_status": status})
-
-    async def delete_trigger(self, trigger_id: str) -> None:
-        await self.call("DELETE", f"/triggers/{URN}/{TRIGGER_TYPE}/{trigger_id}")
-
-    async def state(self, trigger_id: str) -> dict[str, Any]:
-        body = await self.call("GET", f"/triggers/{URN}/{TRIGGER_TYPE}/{trigger_id}")
-        return dict(body.get("state") or {})
+        return await self.add_trigger(event_data)
 
     async def wait_connected(self, trigger_id: str, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        state: dict[str, Any] = {}
-        while time.monotonic() < deadline:
-            state = await self.state(trigger_id)
-            if state.get("connected"):
-                return
-            await asyncio.sleep(0.1)
-        raise RuntimeError(f"the trigger did not connect in {timeout} s: {state}")
+        await self.wait_state(trigger_id, lambda s: bool(s.get("connected")), timeout, "the trigger did not connect")
 
 
 class Resources:
@@ -444,14 +342,6 @@ class BatchResult:
     raw_paced: RawRun | None
 
 
-def raw_run(name: str, answer: dict[str, Any], start: float | None) -> RawRun:
-    """``start``: time.time() of the first publish (live), or None to time from the first delivery (drain)."""
-    begin = start if start is not None else answer["first_record"]
-    wall = float(answer["last_done"]) - float(begin)
-    latency = Dist(**answer["latency_ms"]) if start is not None else None
-    return RawRun(name, int(answer["messages"]), int(answer["batches"]), answer["messages"] / wall, wall, latency)
-
-
 async def run_batch(
     args: argparse.Namespace,
     svc: RabbitService,
@@ -462,7 +352,7 @@ async def run_batch(
     tmp: Path,
 ) -> BatchResult:
     n = args.messages_batch1 if batch == 1 else args.messages
-    paced_n = max(1, round(args.paced_rate * args.paced_seconds)) if args.paced_rate > 0 else 0
+    paced_n = paced_count(args)
     label = f"batch {batch}"
     exchange = await res.fanout(f"b{batch}")
     trigger_id = await svc.create_trigger(args.broker, exchange, batch, args.window_ms)
@@ -476,14 +366,7 @@ async def run_batch(
     async def paced() -> Produced:
         return await pub.paced(exchange, args.paced_rate, args.paced_seconds)
 
-    tb_paced: TriggerRun | None = None
-    if paced_n:  # first, so that its latency is not that of a service still digesting a burst
-        step(f"{label}: Triggerbus paced, {paced_n} messages at {args.paced_rate:g}/s")
-        tb_paced = await measure_trigger(svc, trigger_id, f"{label} paced", paced, paced_n, beam)
-        await read_records(svc, trigger_id, tb_paced, seen, args.sample)
-    step(f"{label}: Triggerbus burst of {n}")
-    tb_burst = await measure_trigger(svc, trigger_id, f"{label} burst", burst, n, beam)
-    await read_records(svc, trigger_id, tb_burst, seen, args.sample)
+    tb_paced, tb_burst = await measure_phases(args, svc, trigger_id, label, paced, burst, n, beam, seen)
 
     step(f"{label}: Triggerbus drain of {n}")
     await svc.set_status(trigger_id, "DISABLED")  # the queue stays and fills
@@ -501,17 +384,13 @@ async def run_batch(
     step(f"{label}: raw consumer")
     raw_exchange = await res.fanout(f"raw{batch}")
     raw_queue = await res.queue_on(raw_exchange)
-    async with RawConsumer.running(args.broker, raw_queue, batch, args.window_ms, tmp / f"raw-{batch}.log") as raw:
-        raw_pid = raw.proc.pid
+    argv = ["bench.rabbitmq_trigger", "--raw-consumer", "--broker", args.broker]
+    argv += ["--queue", raw_queue, "--batches", str(batch), "--window-ms", str(args.window_ms)]
+    async with RawProcess.running(argv, tmp / f"raw-{batch}.log") as raw:
 
-        async def measure_raw(name: str, count: int, send: Callable[[], Coroutine[Any, Any, Produced]]) -> RawRun:
-            """Live: ``send`` publishes while the raw consumer consumes."""
-            cpu_raw, cpu_beam = _cpu(raw_pid), _cpu(beam)
-            await raw.consume(count)
-            sent = await send()
-            result = raw_run(name, await raw.answer(STALL_S + count / 100), sent.first_send)
-            result.consumer_cpu_s, result.broker_cpu_s = _cpu_total(cpu_raw, raw_pid), _cpu_total(cpu_beam, beam)
-            return result
+        async def measure(name: str, count: int, send: Callable[[], Coroutine[Any, Any, Produced]] | None) -> RawRun:
+            """Live: ``send`` publishes while the raw consumer consumes; without, it drains the queue."""
+            return await measure_raw(raw, name, {"op": "consume", "n": count}, send, beam)
 
         async def raw_burst() -> Produced:
             return await pub.burst(raw_exchange, n)
@@ -519,14 +398,10 @@ async def run_batch(
         async def raw_paced() -> Produced:
             return await pub.paced(raw_exchange, args.paced_rate, args.paced_seconds)
 
-        rp = await measure_raw(f"{label} raw paced", paced_n, raw_paced) if paced_n else None
-        rb = await measure_raw(f"{label} raw burst", n, raw_burst)
+        rp = await measure(f"{label} raw paced", paced_n, raw_paced) if paced_n else None
+        rb = await measure(f"{label} raw burst", n, raw_burst)
         await pub.burst(raw_exchange, n)  # the drain: the queue fills while nobody consumes
-        cpu_raw = _cpu(raw_pid)
-        await raw.consume(n)
-        cpu_beam = _cpu(beam)
-        rd = raw_run(f"{label} raw drain", await raw.answer(STALL_S + n / 100), None)
-        rd.consumer_cpu_s, rd.broker_cpu_s = _cpu_total(cpu_raw, raw_pid), _cpu_total(cpu_beam, beam)
+        rd = await measure(f"{label} raw drain", n, None)
     return BatchResult(batch, n, tb_burst, tb_drain, tb_paced, rb, rd, rp)
 
 
@@ -540,9 +415,7 @@ async def warm_up(args: argparse.Namespace, svc: RabbitService, res: Resources, 
     async def send() -> Produced:
         return await pub.burst(exchange, WARMUP_MESSAGES)
 
-    run = await measure_trigger(svc, trigger_id, "warm-up", send, WARMUP_MESSAGES, None)
-    if run.stalled:
-        raise RuntimeError("the warm-up messages did not all finish; see the service log")
+    await warm_up_trigger(svc, trigger_id, send, WARMUP_MESSAGES)
     await svc.delete_trigger(trigger_id)
 
 
@@ -559,12 +432,12 @@ def report(results: Sequence[BatchResult]) -> tuple[list[list[str]], list[list[s
             [
                 str(r.batch),
                 f"{b.finished:,}/{r.messages:,}",
-                _num(b.rate),
-                _num(raw.rate),
-                _ratio(b.rate, raw.rate),
-                _num(b.produce_rate),
+                num(b.rate),
+                num(raw.rate),
+                ratio(b.rate, raw.rate),
+                num(b.produce_rate),
                 f"{b.batches:,}",
-                _num(b.per_batch, 1),
+                num(b.per_batch, 1),
             ]
         )
         d, rd = r.drain, r.raw_drain
@@ -572,35 +445,30 @@ def report(results: Sequence[BatchResult]) -> tuple[list[list[str]], list[list[s
             [
                 str(r.batch),
                 f"{d.finished:,}/{r.messages:,}",
-                _num(d.rate),
-                _num(rd.rate),
-                _ratio(d.rate, rd.rate),
-                _num(d.per_batch, 1),
-                _num(d.server_cpu_s, 1),
-                _num(d.worker_cpu_s, 1),
-                _num(d.broker_cpu_s, 1),
-                _num(rd.broker_cpu_s, 1),
-                _num(_per_msg_ms(d.finished, d.server_cpu_s, d.worker_cpu_s), 3),
-                _num(_per_msg_ms(rd.messages, rd.consumer_cpu_s), 3),
+                num(d.rate),
+                num(rd.rate),
+                ratio(d.rate, rd.rate),
+                num(d.per_batch, 1),
+                num(d.server_cpu_s, 1),
+                num(d.worker_cpu_s, 1),
+                num(d.broker_cpu_s, 1),
+                num(rd.broker_cpu_s, 1),
+                num(per_item_ms(d.finished, d.server_cpu_s, d.worker_cpu_s), 3),
+                num(per_item_ms(rd.messages, rd.consumer_cpu_s), 3),
             ]
         )
-        p, rp = r.paced, r.raw_paced
+        p = r.paced
         latency.append(
             [
                 str(r.batch),
-                _pair(b.latency_ms),
-                _pair(raw.latency_ms),
-                _pair(p.latency_ms if p else None),
-                _pair(rp.latency_ms if rp else None),
-                _pair(p.wait_ms if p else None),
-                _num(p.per_batch, 1) if p else "-",
+                *latency_cells(r),
+                pair(p.wait_ms if p else None),
+                num(p.per_batch, 1) if p else "-",
                 f"{b.latency_sample_records:,}/{b.batches:,}",
             ]
         )
-    print()
-    print("## Live burst: N messages, first publish -> all processed (ratio = Triggerbus / raw)")
-    print()
-    print_table(
+    print_section(
+        "Live burst: N messages, first publish -> all processed (ratio = Triggerbus / raw)",
         [
             "batch",
             "messages",
@@ -613,10 +481,8 @@ def report(results: Sequence[BatchResult]) -> tuple[list[list[str]], list[list[s
         ],
         live,
     )
-    print()
-    print("## Drain: N messages already in the queue, consumer started -> all processed (ratio = Triggerbus / raw)")
-    print()
-    print_table(
+    print_section(
+        "Drain: N messages already in the queue, consumer started -> all processed (ratio = Triggerbus / raw)",
         [
             "batch",
             "messages",
@@ -633,16 +499,11 @@ def report(results: Sequence[BatchResult]) -> tuple[list[list[str]], list[list[s
         ],
         drain,
     )
-    print()
-    print("## Latency per message, publish -> processed, p50 / p99 ms (Triggerbus: end of the attempt)")
-    print()
-    print_table(
+    print_section(
+        "Latency per message, publish -> processed, p50 / p99 ms (Triggerbus: end of the attempt)",
         [
             "batch",
-            "burst Triggerbus",
-            "burst raw",
-            "paced Triggerbus",
-            "paced raw",
+            *LATENCY_COLUMNS,
             "paced publish -> attempt start",
             "paced msgs/batch",
             "records read (burst)",
@@ -653,15 +514,8 @@ def report(results: Sequence[BatchResult]) -> tuple[list[list[str]], list[list[s
 
 
 def machine_info(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    model = platform.processor() or "?"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as fh:
-        model = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), model)
     return {
-        "cpus": os.cpu_count(),
-        "cpu_model": model,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "sqlite": sqlite3.sqlite_version,
+        **machine_basics(),
         "aio_pika": aio_pika.__version__,
         "broker": f"RabbitMQ at {args.broker}",
         "synchronous": args.sync,
@@ -669,7 +523,7 @@ def machine_info(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         "workers": args.workers,
         "message_bytes": args.size,
         "batch_window_ms": args.window_ms,
-        "paced": f"{args.paced_rate:g}/s for {args.paced_seconds:g} s" if args.paced_rate > 0 else "off",
+        "paced": paced_info(args),
         "loadavg_at_start": load_average(),
     }
 
@@ -678,62 +532,42 @@ def machine_info(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="tb-bench-rmq-", dir=args.tmp_dir, ignore_cleanup_errors=True) as name:
-        tmp = Path(name)
+    with bench_tmp("tb-bench-rmq-", args.tmp_dir) as tmp:
         info = machine_info(args, tmp)
-        print("# Triggerbus RabbitMQ trigger benchmark")
-        print()
-        print("  ".join(f"{k}={v}" for k, v in info.items()))
+        print_heading("RabbitMQ trigger", info)
         started = time.perf_counter()
         beam = broker_pid()
-        port = free_port()
-        argv = [sys.executable, "-m", "triggerbus.cli", "serve", "--data-dir", str(tmp / "triggerbus-data")]
-        argv += ["--port", str(port)]
-        env = child_env(
-            TRIGGERBUS_TOKEN=TOKEN, TRIGGERBUS_SQLITE_SYNCHRONOUS=args.sync, TRIGGERBUS_MAX_WORKERS=str(args.workers)
+        service = running_service(
+            RabbitService, tmp, TRIGGERBUS_SQLITE_SYNCHRONOUS=args.sync, TRIGGERBUS_MAX_WORKERS=str(args.workers)
         )
         connection = await amqp_connect(args.broker, "triggerbus bench publisher")
         res = Resources(connection)
         try:
-            async with (
-                server_process(argv, env, port, tmp / "triggerbus.log") as pid,
-                aiohttp.ClientSession(
-                    headers={"X-Auth-Token": TOKEN}, timeout=aiohttp.ClientTimeout(total=120)
-                ) as http,
-            ):
-                svc = RabbitService(http, f"http://127.0.0.1:{port}", pid)
+            async with service as svc:
                 pub = Publisher(connection, args.size)
-                await svc.create_function()
                 step("warm-up")
                 await warm_up(args, svc, res, pub)
                 results = [await run_batch(args, svc, res, pub, batch, beam, tmp) for batch in args.batches]
         finally:
             await res.cleanup()
             await connection.close()
-        step(f"done in {time.perf_counter() - started:.0f} s; load average now {load_average()}")
+        step_done(started)
         live, drain, latency = report(results)
-        return {
-            "command": " ".join(["python", "-m", "bench.rabbitmq_trigger", *sys.argv[1:]]),
-            "machine": info,
-            "results": [asdict(r) for r in results],
-            "live_table": live,
-            "drain_table": drain,
-            "latency_table": latency,
-            "seconds": time.perf_counter() - started,
-        }
-
-
-def _batches(text: str) -> list[int]:
-    values = [int(x) for x in text.split(",") if x.strip()]
-    if not values or any(not 1 <= v <= 1000 for v in values):
-        raise argparse.ArgumentTypeError("batch sizes are integers between 1 and 1000, comma-separated")
-    return values
+        return run_results(
+            "bench.rabbitmq_trigger",
+            info,
+            started,
+            results=[asdict(r) for r in results],
+            live_table=live,
+            drain_table=drain,
+            latency_table=latency,
+        )
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.rabbitmq_trigger",
-        description="Measure RabbitMQ -> RABBITMQ trigger -> no-op function against a raw aio-pika consumer.",
+    parser = bench_parser(
+        "bench.rabbitmq_trigger",
+        "Measure RabbitMQ -> RABBITMQ trigger -> no-op function against a raw aio-pika consumer.",
     )
     parser.add_argument("--broker", default="127.0.0.1:5672", help="RabbitMQ host:port, guest/guest (default local)")
     parser.add_argument(
@@ -742,18 +576,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--messages-batch1", type=int, default=3_000, help="burst and drain size at batch size 1 (default 3000)"
     )
-    parser.add_argument("--batches", type=_batches, default=[1, 100, 1000], help="batch sizes (default 1,100,1000)")
+    parser.add_argument(
+        "--batches", type=batch_sizes(1000), default=[1, 100, 1000], help="batch sizes (default 1,100,1000)"
+    )
     parser.add_argument(
         "--window-ms", type=int, default=100, help="batch_window_ms, also the raw consumer's (default 100)"
     )
     parser.add_argument("--size", type=int, default=100, help="message body bytes (default 100)")
-    parser.add_argument("--paced-rate", type=float, default=200.0, help="paced phase msg/s, 0 = off (default 200)")
-    parser.add_argument("--paced-seconds", type=float, default=3.0, help="paced phase length (default 3 s)")
+    add_paced_args(parser, 200.0, "paced phase msg/s, 0 = off (default 200)")
     parser.add_argument("--sample", type=int, default=1000, help="most records read per phase for latency")
-    parser.add_argument("--workers", "-w", type=int, default=default_workers(), help="service worker processes")
-    parser.add_argument("--sync", choices=("FULL", "NORMAL"), default="FULL", help="SQLite synchronous (default FULL)")
-    parser.add_argument("--tmp-dir", default=None, help="where the data directory goes (default: system temp dir)")
-    parser.add_argument("--json", dest="json_out", default=None, help="also write all results to this JSON file")
+    add_service_args(parser, sync=True)
+    add_output_args(parser, "where the data directory goes")
     parser.add_argument("--raw-consumer", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--queue", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -766,19 +599,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # like Ctrl-C: stop the service, clean up
     if args.raw_consumer:
-        with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(raw_consumer_main(args.broker, args.queue, args.batches[0], args.window_ms))
+        helper_main(raw_consumer_main(args.broker, args.queue, args.batches[0], args.window_ms))
         return
-    try:
-        results = asyncio.run(run(args))
-    except KeyboardInterrupt:
-        print("\ninterrupted: service stopped, exchanges and queues deleted", file=sys.stderr)
-        sys.exit(130)
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(results, indent=2, default=str) + "\n")
-        print(f"\nresults written to {args.json_out}")
+    bench_main(lambda: run(args), args.json_out, "service stopped, exchanges and queues deleted")
 
 
 if __name__ == "__main__":

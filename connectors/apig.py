@@ -32,6 +32,7 @@ from aiohttp import web
 
 from bus.aio import Background
 from connectors.base import Connector, TriggerSpec
+from invoker import tracing
 from invoker.runtime.base import InvocationResult
 from invoker.runtime.streams import read_bounded
 from schemas.errors import FSSError, bad_request, conflict
@@ -221,6 +222,7 @@ class ApigConnector(Connector):
             source_ip=request.remote or "",
         )
         payload = event.dump_json()
+        trace = tracing.from_headers(request.headers)
         try:
             if route.asynchronous:
                 rid = await self.ctx.invocations.enqueue(
@@ -229,10 +231,13 @@ class ApigConnector(Connector):
                     trigger_id=route.trigger_id,
                     trigger_type="APIG",
                     source={"api_id": route.api_id, "path": path, "method": request.method.upper()},
+                    trace=trace,
                 )
                 return web.json_response({"request_id": rid}, status=202, headers={"X-Request-Id": request_id})
             invocation = self._background.spawn(
-                self.ctx.invocations.invoke_sync(route.function_urn, payload.encode(), request_id=request_id)
+                self.ctx.invocations.invoke_sync(
+                    route.function_urn, payload.encode(), request_id=request_id, trace=trace
+                )
             )
             try:
                 async with asyncio.timeout(route.timeout_s):

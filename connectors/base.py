@@ -8,6 +8,9 @@ A connector implements three things for the trigger types it serves:
 * it emits events through :class:`ConnectorContext`: ``enqueue`` for one event
   per source record (timers, notifications) or ``publish_items`` for stream records
   that the invoker batches.
+* optionally ``lag`` — how far behind its source a trigger is (:class:`Lag`); unknown
+  unless the connector can measure it. The service samples it for the metrics, and every
+  connector's ``status()`` then carries the last sample under ``"lag"``.
 
 Connectors never call functions directly except for synchronous ingress (APIG),
 through ``ctx.invocations``.
@@ -16,6 +19,10 @@ through ``ctx.invocations``.
 from __future__ import annotations
 
 import abc
+import asyncio
+import math
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -24,6 +31,7 @@ from aiohttp import web
 from bus.base import Bus
 from invoker.completion import CompletionHub
 from invoker.ingest import Ingest
+from invoker.observer import NOOP, Observer
 from invoker.runtime.base import InvocationResult
 from schemas.errors import bad_request
 
@@ -51,6 +59,7 @@ class Invocations(Protocol):
         *,
         timeout_s: float | None = None,
         request_id: str | None = None,
+        trace: Mapping[str, str] | None = None,
     ) -> InvocationResult: ...
 
     async def enqueue(
@@ -63,6 +72,7 @@ class Invocations(Protocol):
         source: dict[str, Any] | None = None,
         request_id: str | None = None,
         enqueued_at: float | None = None,
+        trace: Mapping[str, str] | None = None,
     ) -> str: ...
 
 
@@ -105,6 +115,45 @@ class ConnectorContext:
     public_url: str = ""  # base URL clients reach this service at
     auth_token: str = ""  # the management token (APIG "IAM" auth accepts it)
     options: dict[str, Any] = field(default_factory=dict)  # connector settings of this service
+    observer: Observer = NOOP  # events in, dropped/filtered (metrics)
+
+
+@dataclass(frozen=True, slots=True)
+class Lag:
+    """How far a trigger is behind its source; each part None when it cannot be known.
+
+    ``records``: source records not yet finished (after the committed position);
+    ``seconds``: how far the oldest unfinished record is behind the newest one (or, for timers,
+    how late the last fire was); ``oldest_age_s``: how long ago the oldest unfinished record
+    was written. Unknown is never reported as 0.
+    """
+
+    records: int | None = None
+    seconds: float | None = None
+    oldest_age_s: float | None = None
+
+    @property
+    def known(self) -> bool:
+        return any(v is not None for v in (self.records, self.seconds, self.oldest_age_s))
+
+    def as_dict(self) -> dict[str, int | float | None]:
+        return {"records": self.records, "seconds": self.seconds, "oldest_age_s": self.oldest_age_s}
+
+    @classmethod
+    def caught_up(cls) -> Lag:
+        return cls(0, 0.0, 0.0)
+
+    @classmethod
+    def behind(cls, records: int | None, oldest_ts: float | None, newest_ts: float | None) -> Lag:
+        """From a record count and the (epoch) times of the oldest unfinished and newest records."""
+        if records == 0:
+            return cls.caught_up()
+        seconds = None if oldest_ts is None or newest_ts is None else max(0.0, newest_ts - oldest_ts)
+        age = None if oldest_ts is None else max(0.0, time.time() - oldest_ts)
+        return cls(records, seconds, age)
+
+
+UNKNOWN_LAG = Lag()
 
 
 class Connector(abc.ABC):
@@ -150,6 +199,45 @@ class Connector(abc.ABC):
     def status(self, trigger_id: str) -> dict[str, Any]:
         """Operator-facing state of one active trigger (position, next fire, last error)."""
         return {}
+
+    def state(self, trigger_id: str) -> dict[str, Any]:
+        """What operators see of an active trigger: :meth:`status` plus its last lag sample."""
+        body = self.status(trigger_id)
+        if body and "lag" not in body:
+            body = {**body, "lag": self.last_lag(trigger_id).as_dict()}
+        return body
+
+    async def lag(self, trigger_id: str) -> Lag:
+        """How far the trigger is behind its source, measured now; unknown unless overridden.
+
+        Called by the service's sampler with a time limit; may raise (counted as unknown).
+        """
+        return UNKNOWN_LAG
+
+    def last_lag(self, trigger_id: str) -> Lag:
+        """The last sample of :meth:`lag` (unknown before the first one)."""
+        samples: dict[str, Lag] = self.__dict__.get("_lag_samples", {})
+        return samples.get(trigger_id, UNKNOWN_LAG)
+
+    async def sample_lag(self, trigger_id: str, timeout_s: float) -> Lag:
+        """Measure :meth:`lag` within ``timeout_s`` and keep it; a failure or timeout is unknown."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                lag = await self.lag(trigger_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            lag = UNKNOWN_LAG
+        if any(isinstance(v, float) and not math.isfinite(v) for v in (lag.seconds, lag.oldest_age_s)):
+            lag = UNKNOWN_LAG
+        self.__dict__.setdefault("_lag_samples", {})[trigger_id] = lag
+        return lag
+
+    def forget_lag(self, trigger_ids: set[str]) -> None:
+        """Drop the samples of triggers not in ``trigger_ids`` (deactivated, deleted)."""
+        samples: dict[str, Lag] = self.__dict__.get("_lag_samples", {})
+        for gone in set(samples) - trigger_ids:
+            del samples[gone]
 
     async def get_checkpoint(self, trigger: TriggerSpec) -> dict[str, Any]:
         """Where the trigger reads its source (offsets, resume token ...)."""

@@ -78,7 +78,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import OperationFailure, PyMongoError, ServerSelectionTimeoutError
 
 from bus.aio import stop_tasks
-from connectors.base import Connector, ConnectorContext, TriggerSpec
+from connectors.base import UNKNOWN_LAG, Connector, ConnectorContext, Lag, TriggerSpec
 from connectors.mongo_stream import (
     DEFAULT_HISTORY_LOST_POLICY,
     HistoryLostPolicy,
@@ -990,6 +990,14 @@ class DDSConnector(Connector):
     def status(self, trigger_id: str) -> dict[str, Any]:
         runner = self._runners.get(trigger_id)
         return runner.status() if runner is not None else {}
+
+    async def lag(self, trigger_id: str) -> Lag:
+        """How old the committed position's cluster time is (kept fresh while idle); the number of
+        changes behind it is not known."""
+        runner = self._runners.get(trigger_id)
+        position = runner.position if runner is not None and runner.state == "running" else None
+        clock = None if position is None else position.cluster_time or token_cluster_time(position.token)
+        return UNKNOWN_LAG if clock is None else Lag(None, max(0.0, time.time() - clock.time), None)
 
     # -- checkpoints -------------------------------------------------------------------------------------
 

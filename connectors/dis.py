@@ -49,7 +49,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
-from connectors.base import Connector, ConnectorContext, TriggerSpec
+from connectors.base import Connector, ConnectorContext, Lag, TriggerSpec
 from connectors.redis_streams import (
     DRAIN_S,
     LEASE_TTL_S,
@@ -64,6 +64,7 @@ from connectors.redis_streams import (
     entry_id,
     id_before,
     id_ms,
+    runner_lag,
     sequence_number,
     trim_forever,
 )
@@ -542,6 +543,9 @@ class DISConnector(Connector):
     def status(self, trigger_id: str) -> dict[str, Any]:
         runner = self._runners.get(trigger_id)
         return runner.status() if runner is not None else {}
+
+    async def lag(self, trigger_id: str) -> Lag:
+        return await runner_lag(self._runners.get(trigger_id))
 
     # -- streams -------------------------------------------------------------------------------------
 

@@ -37,6 +37,7 @@ from urllib.parse import unquote_plus
 from aiohttp import web
 
 from connectors.base import Connector, ConnectorContext, TriggerSpec
+from invoker import tracing
 from schemas.errors import bad_request, too_large, unsupported_media
 from schemas.events.eventgrid import (
     CloudEventError,
@@ -293,7 +294,7 @@ class EventGridConnector(Connector):
             if size > self.event_limit:
                 where = f"events[{index}]" if media == BATCH else "event"
                 raise too_large(f"{where}: {size} bytes as JSON exceeds the {self.event_limit}-byte limit of one event")
-        deliveries = await self.publish(channel, events)
+        deliveries = await self.publish(channel, events, headers=request.headers)
         return json_response({"failed_count": 0, "events": [d.dump() for d in deliveries]})
 
     def _events(self, request: web.Request, media: str, content_type: str, body: bytes) -> list[dict[str, Any]]:
@@ -315,8 +316,14 @@ class EventGridConnector(Connector):
             f"{BATCH} (a JSON array) or binary mode (ce-id, ce-source, ce-specversion, ce-type headers)"
         )
 
-    async def publish(self, channel: str, events: list[dict[str, Any]]) -> list[Delivery]:
-        """Invoke every trigger each (validated) event matches; returns once all are durable."""
+    async def publish(
+        self, channel: str, events: list[dict[str, Any]], headers: Mapping[str, str] | None = None
+    ) -> list[Delivery]:
+        """Invoke every trigger each (validated) event matches; returns once all are durable.
+
+        Each invocation continues the event's trace: its ``traceparent`` extension attribute, else
+        the ``traceparent`` header of the HTTP request (``headers``) it came in.
+        """
         self.received += len(events)
         deliveries: list[Delivery] = []
         jobs: list[tuple[Subscription, dict[str, Any], str]] = []
@@ -328,6 +335,10 @@ class EventGridConnector(Connector):
                     request_id = request_id_for(subscription.trigger_id, event)
                     delivery.request_ids.append(request_id)
                     jobs.append((subscription, event, request_id))
+                elif channel in subscription.channels:  # on its channel, but not its source/type/object
+                    self.ctx.observer.trigger_dropped(
+                        subscription.trigger_id, TRIGGER_TYPE, subscription.function_urn, "filtered"
+                    )
             deliveries.append(delivery)
         limit = asyncio.Semaphore(ENQUEUE_CONCURRENCY)
 
@@ -345,6 +356,7 @@ class EventGridConnector(Connector):
                         "event_type": event["type"],
                     },
                     request_id=request_id,
+                    trace=tracing.from_cloudevent(event, headers),
                 )
 
         await asyncio.gather(*(enqueue(*job) for job in jobs))

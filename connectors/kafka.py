@@ -69,7 +69,8 @@ from pydantic import TypeAdapter, ValidationError
 
 from bus.aio import stop_tasks
 from bus.positions import PartitionPositions
-from connectors.base import Connector, ConnectorContext, TriggerSpec
+from connectors.base import UNKNOWN_LAG, Connector, ConnectorContext, Lag, TriggerSpec
+from invoker import tracing
 from invoker.batching import register_assembler
 from invoker.completion import Completion
 from invoker.envelope import StreamItem
@@ -78,6 +79,7 @@ from schemas.errors import FSSError, bad_request, conflict, unavailable
 from schemas.events.kafka import KafkaEvent
 from schemas.records import AsyncStatus
 from schemas.triggers import AddressList
+from triggerbus.logs import log_context
 
 log = logging.getLogger(__name__)
 
@@ -372,7 +374,9 @@ class _Runner:
         self._stop_listening = self.ctx.completion.listen(cfg.trigger_id, self.on_completion)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"kafka-{self.cfg.trigger_id}")
+        # The task inherits the log context: every line it logs names the trigger and function.
+        with log_context(trigger_id=self.cfg.trigger_id, function_urn=self.cfg.function_urn):
+            self._task = asyncio.create_task(self._run(), name=f"kafka-{self.cfg.trigger_id}")
 
     # -- errors and status -------------------------------------------------------------------------
 
@@ -423,6 +427,24 @@ class _Runner:
         if missing:
             body["missing_topics"] = missing  # did not exist when the trigger was activated
         return body
+
+    async def lag(self) -> Lag:
+        """End offset minus the group's committed offset, summed over the partitions read here.
+
+        Unknown unless consuming with every partition's committed offset known (a partition read
+        by another process of a shared trigger is that process's to report).
+        """
+        consumer, parts = self.consumer, dict(self.parts)
+        if consumer is None or self.state != "running" or not parts:
+            return UNKNOWN_LAG
+        ends = dict(await consumer.end_offsets(list(parts)))
+        total = 0
+        for tp, part in parts.items():
+            end = ends.get(tp)
+            if end is None or not part.committed_known or part.committed is None:
+                return UNKNOWN_LAG
+            total += max(0, end - part.committed)
+        return Lag.behind(total, None, None)
 
     # -- the consume loop ----------------------------------------------------------------------------
 
@@ -527,12 +549,14 @@ class _Runner:
                 },
                 batch_size=cfg.batch_size,
                 window_ms=cfg.window_ms,
+                trace=tracing.from_headers(record.headers),
             )
             if max(raw_size, size) > limit:
                 oversized.append((item, raw_size))
             else:
                 items.append(item)
         if items:
+            tracing.receive_items(f"receive {tp.topic}", items, {"messaging.destination.name": tp.topic})
             await self._publish(items)
         for item, raw_size in oversized:
             await self._drop(item, raw_size, limit)
@@ -816,6 +840,10 @@ class KafkaConnector(Connector):
     def status(self, trigger_id: str) -> dict[str, Any]:
         runner = self._runners.get(trigger_id)
         return runner.status() if runner is not None else {}
+
+    async def lag(self, trigger_id: str) -> Lag:
+        runner = self._runners.get(trigger_id)
+        return UNKNOWN_LAG if runner is None else await runner.lag()
 
     # -- start position --------------------------------------------------------------------------------
 

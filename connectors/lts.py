@@ -39,7 +39,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
-from connectors.base import Connector, ConnectorContext, TriggerSpec
+from connectors.base import Connector, ConnectorContext, Lag, TriggerSpec
 from connectors.redis_streams import (
     DRAIN_S,
     LEASE_TTL_S,
@@ -52,6 +52,7 @@ from connectors.redis_streams import (
     StreamRunner,
     StreamsUnavailable,
     id_before,
+    runner_lag,
     sequence_number,
     trim_forever,
 )
@@ -464,6 +465,9 @@ class LTSConnector(Connector):
     def status(self, trigger_id: str) -> dict[str, Any]:
         runner = self._runners.get(trigger_id)
         return runner.status() if runner is not None else {}
+
+    async def lag(self, trigger_id: str) -> Lag:
+        return await runner_lag(self._runners.get(trigger_id))
 
     # -- groups and streams ----------------------------------------------------------------------------
 

@@ -969,6 +969,9 @@ class OBSConnector(Connector):
 
     # -- delivery -------------------------------------------------------------------------------------
 
+    def _dropped(self, trigger: _Trigger, reason: str) -> None:
+        self.ctx.observer.trigger_dropped(trigger.spec.trigger_id, TRIGGER_TYPE, trigger.spec.function_urn, reason)
+
     async def deliver(self, notification: Notification, triggers: list[_Trigger]) -> Delivery:
         """Invoke every trigger each event matches, and hand the events to EventGrid; returns once
         all of it is durable. Any failure is a 503, so the S3 server sends the notification again."""
@@ -980,9 +983,11 @@ class OBSConnector(Connector):
             for trigger in triggers:
                 if not trigger.filter.matches(event):
                     trigger.stats.ignored += 1
+                    self._dropped(trigger, "filtered")
                     continue
                 if event.written_by and event.written_by == trigger.spec.function_urn:
                     trigger.stats.loops_stopped += 1
+                    self._dropped(trigger, "recursion")
                     log.warning(
                         "OBS trigger %s: %s/%s was written by the trigger's own function; not invoking it again",
                         trigger.spec.trigger_id,

@@ -71,7 +71,7 @@ from aiormq.exceptions import (
 from pydantic import TypeAdapter, ValidationError
 
 from bus.aio import stop_tasks
-from connectors.base import Connector, ConnectorContext, TriggerSpec
+from connectors.base import UNKNOWN_LAG, Connector, ConnectorContext, Lag, TriggerSpec
 from invoker.batching import register_assembler
 from invoker.completion import Completion
 from invoker.envelope import StreamItem
@@ -541,6 +541,17 @@ class _Runner:
             "last_error_time": _iso(self.last_error_at),
         }
 
+    async def lag(self) -> Lag:
+        """Messages in the trigger's queue (ready, from a passive declare) plus those delivered and not
+        yet finished; their ages are not known. Unknown while not consuming."""
+        queue, session = self._queue, self.session
+        if self.state != "connected" or queue is None or session is None or not session.alive:
+            return UNKNOWN_LAG
+        channel = await queue.channel.get_underlay_channel()
+        declared = await channel.queue_declare(queue=self.cfg.queue, passive=True)
+        records = int(declared.message_count or 0) + len(session.in_flight)
+        return Lag.behind(records, None, None)
+
     # -- connection loop -----------------------------------------------------------------------------
 
     async def _run(self) -> None:
@@ -1001,6 +1012,10 @@ class RabbitMQConnector(Connector):
     def status(self, trigger_id: str) -> dict[str, Any]:
         runner = self._runners.get(trigger_id)
         return runner.status() if runner is not None else {}
+
+    async def lag(self, trigger_id: str) -> Lag:
+        runner = self._runners.get(trigger_id)
+        return UNKNOWN_LAG if runner is None else await runner.lag()
 
     # -- the queue of a deleted trigger ----------------------------------------------------------------
 

@@ -42,7 +42,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from bus.aio import stop_tasks
-from connectors.base import ConnectorContext, TriggerSpec
+from connectors.base import UNKNOWN_LAG, ConnectorContext, Lag, TriggerSpec
 from invoker.completion import Completion
 from invoker.envelope import new_request_id
 
@@ -72,6 +72,24 @@ local id = redis.call('XADD', unpack(args))
 redis.call('SET', KEYS[2], id, 'EX', tonumber(ARGV[1]))
 return {id, 1}
 """
+
+
+# Lag: how many entries follow a position (counted in Redis, up to ARGV[2]), the first of them
+# and the stream's newest entry. Only counts and ids leave Redis.
+_BACKLOG = """
+local n, start, first = 0, ARGV[1], false
+local cap = tonumber(ARGV[2])
+while n < cap do
+  local page = redis.call('XRANGE', KEYS[1], start, '+', 'COUNT', math.min(500, cap - n))
+  if #page == 0 then break end
+  if not first then first = page[1][1] end
+  n = n + #page
+  start = '(' .. page[#page][1]
+end
+local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+return {n, first, newest[1] and newest[1][1] or false}
+"""
+LAG_COUNT_CAP = 10_000  # beyond this many unread entries the count is reported unknown (None)
 
 
 class StreamsUnavailable(RuntimeError):
@@ -176,6 +194,7 @@ class StreamBackend:
         )
         self.redis = aioredis.Redis(connection_pool=pool)
         self._append_once = self.redis.register_script(_APPEND_ONCE)
+        self._backlog = self.redis.register_script(_BACKLOG)
         self._appended: dict[str, asyncio.Event] = {}
 
     async def close(self) -> None:
@@ -285,6 +304,12 @@ class StreamBackend:
         async with self._call("reading the newest record"):
             newest = await self.redis.xrevrange(key, max="+", min="-", count=1)
         return _text(newest[0][0]) if newest else ZERO_ID
+
+    async def backlog(self, key: str, after: str, cap: int) -> tuple[int, str | None, str | None]:
+        """Entries after ``after`` (counted up to ``cap``), the first of them and the newest entry's id."""
+        async with self._call("measuring the backlog"):
+            count, first, newest = await self._backlog(keys=[key], args=[f"({after}", cap])
+        return int(count), (_text(first) if first else None), (_text(newest) if newest else None)
 
     async def length(self, key: str) -> int:
         async with self._call("counting records"):
@@ -745,6 +770,29 @@ class StreamRunner(abc.ABC):
 
     # -- status --------------------------------------------------------------------------------------
 
+    async def lag(self) -> Lag:
+        """Entries after each shard's committed position (ids carry their write time in ms).
+
+        Unknown when this process does not read the trigger (standby, backoff) or a shard has more
+        than :data:`LAG_COUNT_CAP` unread entries (then only the times are known).
+        """
+        if self.state != "running" or not self.shards:
+            return UNKNOWN_LAG
+        total: int | None = 0
+        oldest: float | None = None
+        newest: float | None = None
+        for shard in list(self.shards.values()):
+            count, first, tip = await self.backend.backlog(shard.key, shard.committed, LAG_COUNT_CAP)
+            if count >= LAG_COUNT_CAP:
+                total = None
+            elif total is not None:
+                total += count
+            if first is not None:
+                first_s = id_ms(first) / 1000
+                oldest = first_s if oldest is None else min(oldest, first_s)
+                newest = max(newest or 0.0, id_ms(tip) / 1000 if tip else first_s)
+        return Lag.behind(total, oldest, newest)
+
     def error(self, what: str, exc: BaseException) -> None:
         text = f"{what}: {type(exc).__name__}: {exc}"[:1000]
         if text != self.last_error:
@@ -774,6 +822,11 @@ class StreamRunner(abc.ABC):
             "last_error": self.last_error,
             "last_error_time": iso(self.last_error_at),
         }
+
+
+async def runner_lag(runner: StreamRunner | None) -> Lag:
+    """A connector's ``lag()`` for the trigger ``runner`` reads (unknown when none runs here)."""
+    return UNKNOWN_LAG if runner is None else await runner.lag()
 
 
 async def trim_forever(backend: StreamBackend, interval_s: float) -> None:

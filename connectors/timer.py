@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from bus.aio import stop_tasks
-from connectors.base import Connector, ConnectorContext, TriggerSpec
+from connectors.base import UNKNOWN_LAG, Connector, ConnectorContext, Lag, TriggerSpec
 from connectors.schedule import Schedule, ScheduleError, format_fire_time, parse_schedule
 from schemas.errors import bad_request
 from schemas.events.timer import TimerEvent
@@ -170,6 +170,17 @@ class TimerConnector(Connector):
             "last_lateness_ms": None if timer.last_lateness_s is None else round(timer.last_lateness_s * 1000, 1),
             "leader": self._leader,
         }
+
+    async def lag(self, trigger_id: str) -> Lag:
+        """Lateness: an overdue fire is one record behind by its delay, else the last fire's lateness.
+        Unknown in a process that does not hold the scheduler lease (another one fires)."""
+        timer = self._timers.get(trigger_id)
+        if timer is None or not self._leader:
+            return UNKNOWN_LAG
+        overdue = 0.0 if timer.next_fire is None else time.time() - timer.next_fire.timestamp()
+        if overdue > 0:
+            return Lag(1, overdue, overdue)
+        return Lag(0, timer.last_lateness_s or 0.0, 0.0)
 
     def _push(self, timer: _Timer) -> None:
         if timer.next_fire is None:

@@ -36,11 +36,14 @@ from invoker.concurrency import ConcurrencyLimiter
 from invoker.destinations import CONDITIONS, EVENT_AGE_EXCEEDED, build_event, plan_delivery
 from invoker.dispatcher import Dispatcher
 from invoker.envelope import DEADLETTER_TOPIC, INVOCATIONS_TOPIC, InvocationEnvelope
+from invoker.observer import NOOP, Observer
 from invoker.records import Attempt, Record, RecordState, RecordStore
 from invoker.registry import FunctionDirectory, ResolvedFunction
 from invoker.retry import RetryPolicy
 from invoker.runtime.base import ErrorCategory, InvocationRequest, InvocationResult
+from schemas.async_config import DestinationKind
 from schemas.records import AsyncStatus
+from triggerbus.logs import log_context
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +72,7 @@ class AsyncInvoker:
         limiter: ConcurrencyLimiter,
         *,
         completion: CompletionHub | None = None,
+        observer: Observer = NOOP,
         retry: RetryPolicy | None = None,
         group: str = "invoker",
         max_in_flight: int = 4096,
@@ -81,6 +85,7 @@ class AsyncInvoker:
         self.dispatcher = dispatcher
         self.limiter = limiter
         self.completion = completion or CompletionHub()
+        self.observer = observer
         self.retry = retry or RetryPolicy()
         self.group = group
         self.max_in_flight = max_in_flight
@@ -169,7 +174,10 @@ class AsyncInvoker:
             return
         self._active.add(key)
         try:
-            await self._process(envelope, from_lane=lane is not None)
+            with log_context(
+                request_id=envelope.request_id, function_urn=envelope.function_urn, trigger_id=envelope.trigger_id
+            ):
+                await self._process(envelope, from_lane=lane is not None)
         except asyncio.CancelledError:
             raise  # shutting down: not acked, so it is redelivered after restart
         except Exception:
@@ -260,7 +268,14 @@ class AsyncInvoker:
             if not await self.records.start_attempt(env.request_id, attempt):
                 return  # canceled (or finished elsewhere) while it waited
             result = await self.dispatcher.invoke(
-                spec, InvocationRequest(env.request_id, env.payload.encode(), invoke_type="async")
+                spec,
+                InvocationRequest(
+                    env.request_id,
+                    env.payload.encode(),
+                    invoke_type="async",
+                    trace=dict(env.trace),
+                    trace_links=list(env.trace_links),
+                ),
             )
         self.stats["invocations"] += 1
         attempt.end = self.clock()
@@ -307,6 +322,7 @@ class AsyncInvoker:
                 error_message=attempt.error_message,
             )
             self.stats["retries"] += 1
+            self.observer.retry_scheduled(env.function_urn)
             return
         await self._finish(env, resolved, result, attempt, AsyncStatus.FAIL)
 
@@ -365,6 +381,8 @@ class AsyncInvoker:
             target, event, source_request_id=env.request_id, function_urn=resolved.spec.urn
         )
         await self.bus.publish(outgoing)
+        if target.destination is DestinationKind.FUNCTIONGRAPH:  # publishing it is the delivery
+            self.observer.destination_result(resolved.spec.urn, target.destination.value, "delivered")
         return summary
 
     async def _terminal_without_run(
@@ -430,6 +448,7 @@ class AsyncInvoker:
         """Count a terminal outcome and tell the trigger's connector."""
         key = {AsyncStatus.SUCCESS: "succeeded", AsyncStatus.FAIL: "failed"}.get(status, "discarded")
         self.stats[key] += 1
+        self.observer.async_finished(env.function_urn, status)
         await self._announce(env, status)
 
     async def _announce(self, env: InvocationEnvelope, status: AsyncStatus) -> None:

@@ -37,7 +37,9 @@ from invoker.envelope import (
     new_request_id,
 )
 from invoker.ingest import ASSEMBLY_FAILED_CODE, OVERSIZED_CODE, reject_items, summarize_sources
+from invoker.observer import NOOP, Observer
 from invoker.records import RecordStore
+from invoker.tracing import parent_and_links
 from schemas.records import AsyncStatus
 
 log = logging.getLogger(__name__)
@@ -79,6 +81,7 @@ class Batcher:
         group: str = "batcher",
         max_batch_bytes: int = MAX_BATCH_BYTES,
         max_in_flight: int = 20000,
+        observer: Observer = NOOP,
     ) -> None:
         self.bus = bus
         self.records = records
@@ -91,6 +94,7 @@ class Batcher:
         self._task: asyncio.Task[None] | None = None
         self.batches = 0
         self.rejected = 0
+        self.observer = observer
 
     async def start(self) -> None:
         self._sub = self.bus.subscribe(self.group, [STREAM_TOPIC], max_in_flight=self.max_in_flight)
@@ -172,6 +176,8 @@ class Batcher:
                 f"could not build the {first.trigger_type} event: {exc}",
             )
             return
+        # One invocation continues the first traced record's context and links the others'.
+        trace, links = parent_and_links(item.trace for item in items)
         envelope = InvocationEnvelope(
             request_id=new_request_id(),
             function_urn=first.function_urn,
@@ -180,6 +186,8 @@ class Batcher:
             trigger_type=first.trigger_type,
             source=summarize_sources(items),
             item_ids=[item.item_id for item in items],
+            trace=trace,
+            trace_links=links,
         )
         while True:
             try:
@@ -189,6 +197,7 @@ class Batcher:
                 log.exception("publishing a batch for trigger %s failed; retrying", first.trigger_id)
                 await asyncio.sleep(1.0)
         self.batches += 1
+        self.observer.trigger_batch(first.trigger_id, first.trigger_type, first.function_urn, len(items))
         for message, _ in entries:
             self._sub.ack(message)
 
@@ -197,7 +206,13 @@ class Batcher:
     ) -> None:
         """Record why these items will never be invoked, tell the connector, move on."""
         await reject_items(
-            self.records, self.completion, [item for _, item in entries], status=status, code=code, reason=reason
+            self.records,
+            self.completion,
+            [item for _, item in entries],
+            status=status,
+            code=code,
+            reason=reason,
+            observer=self.observer,
         )
         self.rejected += len(entries)
         for message, _ in entries:

@@ -29,6 +29,7 @@ from invoker.envelope import (
     InvocationEnvelope,
     new_request_id,
 )
+from invoker.observer import NOOP, Observer
 from invoker.records import RecordStore
 from invoker.retry import RetryPolicy
 from invoker.runtime.base import ErrorCategory, InvocationResult
@@ -226,6 +227,7 @@ class DestinationWorker:
         *,
         retry: RetryPolicy | None = None,
         group: str = "destinations",
+        observer: Observer = NOOP,
     ) -> None:
         self.bus = bus
         self.records = records
@@ -236,6 +238,7 @@ class DestinationWorker:
         self._inflight = Background()
         self.delivered = 0
         self.failed = 0
+        self.observer = observer
 
     async def start(self) -> None:
         self._sub = self.bus.subscribe(self.group, [DESTINATIONS_TOPIC], max_in_flight=256)
@@ -294,14 +297,17 @@ class DestinationWorker:
                     )
                 )
                 summary.update(status="retrying", error=f"{type(exc).__name__}: {exc}", attempts=attempts)
+                self.observer.destination_result(task.function_urn, kind.value, "retrying")
             else:
                 self.failed += 1
+                self.observer.destination_result(task.function_urn, kind.value, "failed")
                 log.error("giving up delivering %s destination of %s: %s", kind.value, task.request_id, exc)
                 summary.update(status="failed", error=f"{type(exc).__name__}: {exc}", attempts=attempts)
             if record is not None:
                 await self.records.update_record(task.request_id, destination=summary)
             return
         self.delivered += 1
+        self.observer.destination_result(task.function_urn, kind.value, "delivered")
         record = await self.records.get_record(task.request_id)
         if record is not None:
             summary = dict(record.destination)

@@ -34,6 +34,8 @@ class InvocationEnvelope(BaseModel):
     item_ids: list[str] = Field(default_factory=list)  # stream items a batch covers
     redrive_of: str | None = None
     destination_of: str | None = None  # set when this invocation delivers another's destination event
+    trace: dict[str, str] = Field(default_factory=dict)  # W3C traceparent/tracestate (invoker.tracing)
+    trace_links: list[str] = Field(default_factory=list)  # traceparents of a batch's other records
 
     def to_bytes(self) -> bytes:
         return self.model_dump_json(exclude_defaults=False).encode()
@@ -57,6 +59,7 @@ class StreamItem(BaseModel):
     batch_size: int = 100
     window_ms: int = 500
     created: float = Field(default_factory=time.time)
+    trace: dict[str, str] = Field(default_factory=dict)  # the source record's W3C trace context
 
 
 class DestinationTask(BaseModel):

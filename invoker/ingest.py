@@ -18,6 +18,7 @@ from typing import Any
 from bus.base import Bus, Outgoing
 from invoker.completion import Completion, CompletionHub
 from invoker.envelope import STREAM_TOPIC, StreamItem, new_request_id
+from invoker.observer import NOOP, Observer, drop_reason
 from invoker.records import Record, RecordStore
 from schemas.records import AsyncStatus
 
@@ -46,6 +47,7 @@ async def reject_items(
     status: AsyncStatus,
     code: int,
     reason: str,
+    observer: Observer = NOOP,
 ) -> str:
     """Record why ``items`` will never be invoked and complete them; returns the record id."""
     first = items[0]
@@ -67,15 +69,17 @@ async def reject_items(
         )
     )
     log.warning("trigger %s: %s", first.trigger_id, reason)
+    observer.trigger_dropped(first.trigger_id, first.trigger_type, first.function_urn, drop_reason(code), len(items))
     await completion.done(Completion(request_id, first.trigger_id, tuple(i.item_id for i in items), status))
     return request_id
 
 
 class Ingest:
-    def __init__(self, bus: Bus, records: RecordStore, completion: CompletionHub) -> None:
+    def __init__(self, bus: Bus, records: RecordStore, completion: CompletionHub, *, observer: Observer = NOOP) -> None:
         self.bus = bus
         self.records = records
         self.completion = completion
+        self.observer = observer
         self.published = 0
         self.rejected = 0
 
@@ -86,7 +90,15 @@ class Ingest:
                 *(Outgoing(STREAM_TOPIC, item.model_dump_json().encode(), key=item.trigger_id) for item in items)
             )
             self.published += len(items)
+            first = items[0]
+            if all(item.trigger_id == first.trigger_id for item in items):
+                self.observer.trigger_events(first.trigger_id, first.trigger_type, first.function_urn, len(items))
+            else:
+                for item in items:
+                    self.observer.trigger_events(item.trigger_id, item.trigger_type, item.function_urn)
 
     async def reject(self, items: Sequence[StreamItem], *, status: AsyncStatus, code: int, reason: str) -> str:
         self.rejected += len(items)
-        return await reject_items(self.records, self.completion, items, status=status, code=code, reason=reason)
+        return await reject_items(
+            self.records, self.completion, items, status=status, code=code, reason=reason, observer=self.observer
+        )

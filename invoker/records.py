@@ -99,6 +99,7 @@ class RecordQuery:
     end: float | None = None
     trigger_id: str | None = None
     source: dict[str, str] = field(default_factory=dict)  # exact match on source coordinates
+    redrive_of: str | None = None  # the redrives of one record
     marker: int = 0
     limit: int = 100
 

@@ -6,7 +6,6 @@ import asyncio
 import base64
 import io
 import json
-import logging
 import os
 import sys
 import time
@@ -17,10 +16,13 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from triggerbus.client import ApiError, Client
 from triggerbus.config import Settings
+from triggerbus.trigger_view import UNKNOWN, lag_text, position_parts, trigger_detail, trigger_state
 
 console = Console()
 err_console = Console(stderr=True)
@@ -103,7 +105,12 @@ def serve(
     log_level: str,
 ) -> None:
     """Run the service on the embedded store (no external servers)."""
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from triggerbus.logs import configure_logging
+
+    try:
+        configure_logging(log_level)  # JSON lines on stderr; TRIGGERBUS_LOG_FORMAT=text for classic lines
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     settings = Settings()
     settings.data_dir = Path(data_dir or ctx.obj["data_dir"])
     for name, value in (("host", host), ("port", port), ("region", region), ("timezone", timezone)):
@@ -364,19 +371,42 @@ def triggers_add_apig(
     _create_trigger(ctx, function, {"trigger_type_code": "APIG", "event_data": data})
 
 
+def _all_function_urns(client: Client) -> list[str]:
+    urns: list[str] = []
+    marker = 0
+    while True:
+        page = client.request("GET", client.fgs("/functions"), query={"marker": marker, "maxitems": 400}).json()
+        urns += [f["func_urn"] for f in page["functions"]]
+        if not page["functions"] or page["next_marker"] >= page["count"]:
+            return urns
+        marker = page["next_marker"]
+
+
 @triggers.command("list")
-@click.argument("function")
+@click.argument("function", required=False)
 @click.pass_context
-def triggers_list(ctx: click.Context, function: str) -> None:
+def triggers_list(ctx: click.Context, function: str | None) -> None:
+    """FUNCTION's triggers (every function's without it): state, last error, lag or position."""
     client = _client(ctx)
-    items = client.request("GET", client.fgs(f"/triggers/{client.urn(function)}")).json()
-    table = Table("id", "type", "status", "detail", "state")
-    for t in items:
-        data = t["event_data"]
-        detail = data.get("schedule") or data.get("invoke_url") or data.get("path") or ""
-        state = t.get("state", {})
-        shown = ", ".join(f"{k}={v}" for k, v in state.items() if v not in (None, "", {}))
-        table.add_row(t["trigger_id"], t["trigger_type_code"], t["trigger_status"], str(detail), shown)
+    urns = [client.urn(function)] if function else _all_function_urns(client)
+    colors = {"ACTIVE": "green", "DISABLED": "yellow", "ERROR": "red"}
+    table = Table("function", "id", "type", "status", "state", "last error", "lag", "position / detail")
+    for urn in urns:
+        for t in client.request("GET", client.fgs(f"/triggers/{urn}")).json():
+            view = trigger_state(t)
+            state = t.get("state") or {}
+            error = f"{view.last_error[:80]} (since {view.since})" if view.last_error else ""
+            position = ", ".join(position_parts(state)) or trigger_detail(t)
+            table.add_row(
+                escape(urn.split(":")[-2] if urn.endswith(":latest") else urn.split(":")[-1]),
+                t["trigger_id"],
+                t["trigger_type_code"],
+                t["trigger_status"],
+                f"[{colors[view.state]}]{view.state}[/]",
+                escape(error),
+                lag_text(state) or UNKNOWN,
+                escape(position),
+            )
     console.print(table)
 
 
@@ -553,6 +583,58 @@ def records_list(
     console.print(table)
 
 
+def _redrive_candidates(client: Client, urn: str, statuses: tuple[str, ...], since: str) -> list[str]:
+    """Request ids of the function's records with one of ``statuses`` created since ``since``."""
+    found: list[str] = []
+    for status in statuses:
+        marker = 0
+        while True:
+            query = {"status": status, "limit": 500, "marker": marker, "query_begin_time": _since(since)}
+            page = client.request("GET", client.fgs(f"/functions/{urn}/async-invocations"), query=query).json()
+            found += [r["request_id"] for r in page["invocations"]]
+            marker = page["next_marker"]
+            if not marker:
+                break
+    return found
+
+
+@records.command("redrive")
+@click.argument("function")
+@click.argument("request_ids", nargs=-1)
+@click.option("--status", "statuses", type=click.Choice(["FAIL", "DISCARD"]), multiple=True,
+              help="redrive every record with this status (repeatable) created since --since")  # fmt: skip
+@click.option("--since", default="1h", show_default=True, help="with --status: e.g. 30m, 6h, 7d or an ISO time (UTC)")
+@click.pass_context
+def records_redrive(ctx: click.Context, function: str, request_ids: tuple[str, ...], statuses: tuple[str, ...],
+                    since: str) -> None:  # fmt: skip
+    """Run FAIL/DISCARD invocations again under new request ids (linked by redrive_of)."""
+    if not request_ids and not statuses:
+        raise click.UsageError("give REQUEST_ID ... or --status FAIL|DISCARD [--since 1h]")
+    client = _client(ctx)
+    urn = client.urn(function)
+    ids = list(dict.fromkeys(request_ids)) + (_redrive_candidates(client, urn, statuses, since) if statuses else [])
+    results: list[tuple[str, str, str]] = []
+    with Progress(
+        TextColumn("redriving"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err_console
+    ) as progress:
+        task = progress.add_task("redrive", total=len(ids))
+        for old in ids:
+            try:
+                answer = client.request("POST", client.fgs(f"/functions/{urn}/async-invocations/{old}/redrive"))
+                results.append((old, answer.json()["request_id"], "[green]accepted[/]"))
+            except ApiError as exc:
+                results.append((old, "", f"[red]{escape(exc.code or str(exc.status))}[/] {escape(exc.message)}"))
+            progress.advance(task)
+    failed = sum(1 for _, new, _ in results if not new)
+    table = Table("old request id", "", "new request id", "result",
+                  title=f"{len(results) - failed} redriven, {failed} refused")  # fmt: skip
+    for old, new, result in results:
+        table.add_row(old, "->", new, result)
+    console.print(table)
+    if failed:
+        sys.exit(1)
+
+
 @records.command("show")
 @click.argument("function")
 @click.argument("request_id")
@@ -566,6 +648,23 @@ def records_show(ctx: click.Context, function: str, request_id: str) -> None:
     for attempt, log_text in zip(attempts, logs, strict=True):
         console.rule(f"attempt {attempt['n']}: {attempt['status']} {attempt['error_message']}")
         console.print(log_text, highlight=False, markup=False, soft_wrap=True)
+
+
+@records.command("logs")
+@click.argument("function")
+@click.argument("request_id")
+@click.option("--attempt", type=click.IntRange(1), default=None, help="only this attempt [default: all]")
+@click.option("--json", "as_json", is_flag=True, help="print the JSON answer (attempts with their logs)")
+@click.pass_context
+def records_logs(ctx: click.Context, function: str, request_id: str, attempt: int | None, as_json: bool) -> None:
+    """Print what an async invocation's function wrote (stdout/stderr, framed by Start/Finish lines)."""
+    client = _client(ctx)
+    path = client.fgs(f"/functions/{client.urn(function)}/async-invocations/{request_id}/logs")
+    body = client.request("GET", path, query={"attempt": attempt, "format": "json" if as_json else "text"}).body
+    if as_json:
+        console.print_json(body.decode())
+    else:  # plain, so it can be piped and grepped
+        click.echo(body.decode("utf-8", errors="replace"), nl=False)
 
 
 # -- traces (audit) ----------------------------------------------------------------------------------------

@@ -30,6 +30,14 @@ class Settings:
         default_factory=lambda: int(_env("TRIGGERBUS_MAX_WORKERS", str(max(4, 2 * (os.cpu_count() or 2)))))
     )
     worker_idle_ttl_s: float = 300.0
+    # GET /metrics without the API token (TRIGGERBUS_METRICS_PUBLIC=1), e.g. behind a private network;
+    # lag and queue gauges are measured every metrics_sample_s (docs/operations.md).
+    metrics_public: bool = field(default_factory=lambda: _env("TRIGGERBUS_METRICS_PUBLIC", "") in ("1", "true", "yes"))
+    metrics_sample_s: float = field(default_factory=lambda: float(_env("TRIGGERBUS_METRICS_SAMPLE_S", "5")))
+    metrics_window_s: float = 60.0  # the duration avg/max/min/percentile gauges cover this many seconds
+    # Function output (stdout/stderr) kept per attempt; beyond it the oldest output is dropped
+    # and a "[... N bytes of earlier output truncated ...]" marker says how much (docs/observability.md).
+    function_log_bytes: int = field(default_factory=lambda: int(_env("TRIGGERBUS_FUNCTION_LOG_BYTES", "65536")))
     retry_base_s: float = field(default_factory=lambda: float(_env("TRIGGERBUS_RETRY_BASE_S", "1")))
     retry_cap_s: float = field(default_factory=lambda: float(_env("TRIGGERBUS_RETRY_CAP_S", "300")))
     records_retention_days: float = 7.0

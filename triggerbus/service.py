@@ -28,6 +28,7 @@ from connectors.cts import CTSConnector
 from connectors.dis import DISConnector
 from connectors.smn import SMNConnector
 from connectors.timer import TimerConnector
+from invoker import tracing
 from invoker.async_invoker import AsyncInvoker
 from invoker.batching import Batcher
 from invoker.completion import Completion, CompletionHub
@@ -51,6 +52,7 @@ from invoker.smn_sink import SMNSink
 from schemas.async_config import DestinationKind
 from triggerbus.config import Settings
 from triggerbus.invocations import InvocationService
+from triggerbus.metrics import ActiveTrigger, Metrics, Sampler
 from triggerbus.plugins import CONNECTOR_CLASSES
 from triggerbus.registry import FunctionRegistry
 from triggerbus.secrets import SecretBox
@@ -90,11 +92,13 @@ class Service:
         self._lock: IO[str] | None = None
         self._housekeeping: asyncio.Task[None] | None = None
         self._reconciler: asyncio.Task[None] | None = None
+        self._tracing: str | None = None  # the span exporter this service configured
 
     async def start(self) -> None:
         s = self.settings
         s.check()
         s.data_dir = s.data_dir.resolve()  # worker processes run elsewhere: code paths must be absolute
+        self._tracing = tracing.configure_tracing()  # spans only with an exporter configured
         if not s.shared_store:
             self._lock = lock_data_dir(s.data_dir)  # the embedded bus/store belong to one process
         else:
@@ -133,13 +137,20 @@ class Service:
         shutil.rmtree(work_root, ignore_errors=True)  # left over from a crash; no worker of ours is alive
         work_root.mkdir(parents=True)
         self.python_runtime = PythonRuntime(
-            max_workers=s.max_workers, idle_ttl_s=s.worker_idle_ttl_s, work_root=work_root
+            max_workers=s.max_workers,
+            idle_ttl_s=s.worker_idle_ttl_s,
+            work_root=work_root,
+            log_limit_bytes=s.function_log_bytes,
         )
-        self.dispatcher = Dispatcher({"python": self.python_runtime, "http": HttpRuntime()})
+        self.metrics = Metrics(window_s=s.metrics_window_s)
+        observer = self.metrics
+        self.dispatcher = Dispatcher({"python": self.python_runtime, "http": HttpRuntime()}, observer=observer)
         await self.dispatcher.start()
         self.completion = CompletionHub(relay=self._relay_completion if s.kafka_bus else None)
         retry = RetryPolicy(base_s=s.retry_base_s, cap_s=s.retry_cap_s)
-        self.invocations = InvocationService(self.bus, self.store, self.registry, self.dispatcher, self.limiter)
+        self.invocations = InvocationService(
+            self.bus, self.store, self.registry, self.dispatcher, self.limiter, observer=observer
+        )
         self.invoker = AsyncInvoker(
             self.bus,
             self.store,
@@ -147,24 +158,26 @@ class Service:
             self.dispatcher,
             self.limiter,
             completion=self.completion,
+            observer=observer,
             retry=retry,
             max_in_flight=s.invoker_max_in_flight,
         )
-        self.batcher = Batcher(self.bus, self.store, completion=self.completion)
-        self.destinations = DestinationWorker(self.bus, self.store, sinks, retry=retry)
+        self.batcher = Batcher(self.bus, self.store, completion=self.completion, observer=observer)
+        self.destinations = DestinationWorker(self.bus, self.store, sinks, retry=retry, observer=observer)
 
         ctx = ConnectorContext(
             bus=self.bus,
             state=self.store,
             invocations=self.invocations,
             completion=self.completion,
-            ingest=Ingest(self.bus, self.store, self.completion),
+            ingest=Ingest(self.bus, self.store, self.completion, observer=observer),
             region=s.region,
             default_tz=s.timezone,
             node_id=s.node_id,
             public_url=s.base_url(),
             auth_token=self.token,
             options=self._options(),
+            observer=observer,
         )
         self.connectors = [cls(ctx) for cls in CONNECTOR_CLASSES]
         smn_sink.attach(self.smn)
@@ -185,6 +198,10 @@ class Service:
         self._housekeeping = asyncio.create_task(self._housekeep(), name="housekeeping")
         if s.shared_store:  # triggers changed through another process show up here too
             self._reconciler = asyncio.create_task(self._reconcile_triggers(), name="trigger-reconciler")
+        self.sampler = Sampler(
+            self.metrics, self.store.queue_depths, self._active_triggers, interval_s=s.metrics_sample_s
+        )
+        self.sampler.start()
         self.started_at = time.time()
         log.info("service started: %d active triggers, data dir %s", active, s.data_dir)
 
@@ -304,8 +321,18 @@ class Service:
             except Exception:
                 log.exception("housekeeping failed")
 
+    async def _active_triggers(self) -> list[ActiveTrigger]:
+        """The triggers to measure lag for: every ACTIVE one this service has a connector for."""
+        return [
+            (t.trigger_id, t.trigger_type, t.function_urn, connector)
+            for t in await self.store.list_triggers()
+            if t.status == "ACTIVE" and (connector := self.triggers.connectors.get(t.trigger_type)) is not None
+        ]
+
     async def close(self) -> None:
         await stop_tasks(self._housekeeping, self._reconciler)
+        if getattr(self, "sampler", None) is not None:
+            await self.sampler.close()
         for closer in (
             *(c.close for c in self.connectors),
             self.invoker.close,
@@ -324,3 +351,5 @@ class Service:
         if self._lock is not None:
             self._lock.close()
             self._lock = None
+        if self._tracing:
+            await asyncio.to_thread(tracing.shutdown_tracing)  # flushes the last spans to the exporter

@@ -293,7 +293,7 @@ class TriggerManager:
             "created_time": fg_time(trigger.created),
         }
         connector = self.connectors.get(trigger.trigger_type)
-        state = connector.status(trigger.trigger_id) if connector else {}
+        state = connector.state(trigger.trigger_id) if connector else {}
         if trigger.last_error:
             state = {
                 **state,

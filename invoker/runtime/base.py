@@ -73,6 +73,8 @@ class InvocationRequest:
     payload: bytes  # the event, UTF-8 JSON
     invoke_type: str = "async"  # "sync" | "async"
     timeout_s: float | None = None  # overrides spec.timeout_s (e.g. APIG backend timeout)
+    trace: dict[str, str] = field(default_factory=dict)  # W3C trace context for the function (invoker.tracing)
+    trace_links: list[str] = field(default_factory=list)  # other contexts this invocation continues (a batch)
 
 
 @dataclass(slots=True)

@@ -161,14 +161,33 @@ class FunctionContext:
         deadline: float,
         info: FunctionInfo,
         log_sink: Callable[[str], None],
+        trace: Mapping[str, str] | None = None,
     ) -> None:
         self._request_id = request_id
         self._deadline = deadline
         self._info = info
         self._logger = FunctionLogger(request_id, log_sink)
+        self._trace = trace or {}
 
     def getRequestID(self) -> str:
         return self._request_id
+
+    def getTraceParent(self) -> str:
+        """Triggerbus extension: the W3C ``traceparent`` of this invocation ("" when untraced).
+
+        Hand it to an OpenTelemetry propagator (or as an outgoing ``traceparent`` header)
+        so the function's own spans join the trace the event came with.
+        """
+        return self._trace.get("traceparent", "")
+
+    def getTraceState(self) -> str:
+        """Triggerbus extension: the W3C ``tracestate`` that came with ``traceparent`` ("" if none)."""
+        return self._trace.get("tracestate", "")
+
+    def getTraceID(self) -> str:
+        """Triggerbus extension: the 32-hex-digit trace id of ``traceparent`` ("" when untraced)."""
+        parts = self.getTraceParent().split("-")
+        return parts[1] if len(parts) >= 4 else ""
 
     def getRemainingTimeInMilliSeconds(self) -> int:
         return max(0, int((self._deadline - time.monotonic()) * 1000))

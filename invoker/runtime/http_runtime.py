@@ -81,6 +81,7 @@ class HttpRuntime:
             "X-CFF-Package": spec.package,
             "X-CFF-Region": spec.region,
             "X-CFF-Invoke-Type": request.invoke_type,
+            **request.trace,  # W3C traceparent/tracestate: the function's spans continue ours
         }
         for header, key in (
             ("X-CFF-Access-Key", "access_key"),
@@ -169,7 +170,7 @@ class HttpRuntime:
             [
                 start_line(request.request_id, spec.version),
                 *([f"ERROR {error.message}"] if error else []),
-                finish_line(request.request_id, duration_ms, 0.0),
+                finish_line(request.request_id, duration_ms, 0.0, error is None),
             ]
         )
         if error is not None:

@@ -576,7 +576,9 @@ class PythonRuntime:
         if inv.canceled.done():
             worker.kill("canceled")
         seq = worker.begin(log)
-        header = {"type": "invoke", "request_id": request.request_id, "seq": seq, "deadline": deadline}
+        header: dict[str, Any] = {"type": "invoke", "request_id": request.request_id, "seq": seq, "deadline": deadline}
+        if request.trace:
+            header["trace"] = request.trace  # context.getTraceParent() in the function
         got = await self._exchange(worker, inv, deadline, spec, timeout_s, peak, header, request.payload)
         if isinstance(got, InvocationError):
             return failed(got, t_start)
@@ -948,5 +950,5 @@ class PythonRuntime:
             if len(block) > _ERROR_LOG_LIMIT:
                 block = block[: _ERROR_LOG_LIMIT - 20] + "\n[... truncated ...]\n"
             parts.append(block)
-        parts.append(finish_line(rid, result.duration_ms, result.memory_used_mb))
+        parts.append(finish_line(rid, result.duration_ms, result.memory_used_mb, err is None))
         return "".join(parts)

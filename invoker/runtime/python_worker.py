@@ -15,7 +15,8 @@ parent -> worker
   ``{"type": "init", "handler", "code_dir", "name", "version", "package", "alias",
   "project_id", "region", "memory_mb", "timeout_s", "user_data", "credentials",
   "max_result_bytes", "rlimit_as_mb", "marker"}`` once, then
-  ``{"type": "invoke", "request_id", "seq", "deadline", "body_len"}`` + event bytes.
+  ``{"type": "invoke", "request_id", "seq", "deadline", "body_len"[, "trace"]}`` + event bytes
+  (``trace``: the W3C ``traceparent``/``tracestate`` the context exposes).
 worker -> parent
   ``{"type": "ready"}`` or ``{"type": "ready", "error": {...}}`` after loading the
   handler, then per invoke ``{"type": "result", "request_id", "seq", "ok": true,
@@ -280,7 +281,7 @@ class Worker:
         peak_reset = _reset_peak_rss()
         started = time.perf_counter()
         try:
-            body, error, retire = self._run(request_id, float(header["deadline"]), payload)
+            body, error, retire = self._run(request_id, float(header["deadline"]), payload, header.get("trace"))
         except Exception as exc:  # a bug on our side; never let it kill the worker silently
             error, retire = _error("system_error", f"worker failure: {exc!r}"), True
         # Execution time as the function saw it; the parent's clock would add its own queueing.
@@ -297,14 +298,16 @@ class Worker:
         frame["retire"] = retire
         return frame, b""
 
-    def _run(self, request_id: str, deadline: float, payload: bytes) -> tuple[bytes, dict[str, Any] | None, bool]:
+    def _run(
+        self, request_id: str, deadline: float, payload: bytes, trace: dict[str, str] | None = None
+    ) -> tuple[bytes, dict[str, Any] | None, bool]:
         if self.fn is None:
             return b"", self.load_error or _error("load_failed", "handler not loaded"), True
         try:
             event = json.loads(payload) if payload.strip() else {}
         except ValueError as exc:
             return b"", _error("system_error", f"event payload is not valid JSON: {exc}"), False
-        context = FunctionContext(request_id, deadline, self.info, _log_sink)
+        context = FunctionContext(request_id, deadline, self.info, _log_sink, trace)
         try:
             result = self.fn(event, context)
         except MemoryError as exc:

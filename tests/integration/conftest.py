@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import socket
@@ -96,6 +97,110 @@ class Harness:
             if time.monotonic() > deadline:
                 raise AssertionError(f"{request_id} did not finish in {timeout} s")
             await asyncio.sleep(0.05)
+
+    # -- recording functions and triggers (shared by the connector tests) ---------------------------------
+
+    async def create_recorder(
+        self, name: str, source: str, directory: Path, *files: str, **extra: Any
+    ) -> tuple[str, Path]:
+        """Create the recording function ``name`` from ``source``; its URN and the JSON-lines file it writes.
+
+        Its user data names ``out`` (``directory/<name>.jsonl``, see tests/support/recording.py) and one
+        ``directory/<name>.<file>`` per entry of ``files`` (``"gate"``, ``"started"`` ...), plus any
+        ``user_data`` given; ``extra`` goes into the CreateFunction body.
+        """
+        out = directory / f"{name}.jsonl"
+        user_data = {
+            "out": str(out),
+            **{f: str(directory / f"{name}.{f}") for f in files},
+            **extra.pop("user_data", {}),
+        }
+        return await self.create_function(name, source, user_data=user_data, **extra), out
+
+    def trigger_path(self, urn: str, code: str, trigger_id: str, suffix: str = "") -> str:
+        """The API path of one trigger (``suffix``: ``"/checkpoint"``)."""
+        return self.fgs(f"/triggers/{urn}/{code}/{trigger_id}{suffix}")
+
+    async def create_trigger(
+        self, urn: str, code: str, event_data: dict[str, Any], **extra: Any
+    ) -> tuple[int, dict[str, Any]]:
+        """POST a ``code`` trigger for ``urn``; the status and body as answered (for tests of refusals)."""
+        body = {"trigger_type_code": code, "event_data": event_data, **extra}
+        async with self.http.post(self.fgs(f"/triggers/{urn}"), json=body) as resp:
+            return resp.status, await resp.json()
+
+    async def add_trigger(self, urn: str, code: str, event_data: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        """:meth:`create_trigger`, asserting it was created (201); the created trigger."""
+        status, body = await self.create_trigger(urn, code, event_data, **extra)
+        assert status == 201, body
+        return dict(body)
+
+    async def add_active_trigger(self, urn: str, code: str, event_data: dict[str, Any], **extra: Any) -> str:
+        """:meth:`add_trigger`, then set it ACTIVE (some types start DISABLED), asserting each answer; its id."""
+        trigger_id = str((await self.add_trigger(urn, code, event_data, **extra))["trigger_id"])
+        await self.set_trigger_status(urn, code, trigger_id, "ACTIVE")
+        return trigger_id
+
+    async def get_trigger(self, urn: str, code: str, trigger_id: str) -> dict[str, Any]:
+        """GET one trigger, asserting 200."""
+        async with self.http.get(self.trigger_path(urn, code, trigger_id)) as resp:
+            body = await resp.json()
+            assert resp.status == 200, body
+            return dict(body)
+
+    async def trigger_state(self, urn: str, code: str, trigger_id: str) -> dict[str, Any]:
+        """The runtime ``state`` a trigger reports ({} when it has none, e.g. disabled)."""
+        return dict((await self.get_trigger(urn, code, trigger_id)).get("state") or {})
+
+    async def update_trigger(
+        self, urn: str, code: str, trigger_id: str, body: dict[str, Any]
+    ) -> tuple[int, dict[str, Any]]:
+        """PUT a trigger update; the status and body as answered."""
+        async with self.http.put(self.trigger_path(urn, code, trigger_id), json=body) as resp:
+            return resp.status, await resp.json()
+
+    async def set_trigger_status(self, urn: str, code: str, trigger_id: str, status: str) -> dict[str, Any]:
+        """Set ``trigger_status`` (``ACTIVE`` / ``DISABLED``), asserting 200; the updated trigger."""
+        answer, body = await self.update_trigger(urn, code, trigger_id, {"trigger_status": status})
+        assert answer == 200, body
+        return dict(body)
+
+    async def get_checkpoint(self, urn: str, code: str, trigger_id: str) -> dict[str, Any]:
+        """GET a trigger's checkpoint, asserting 200."""
+        async with self.http.get(self.trigger_path(urn, code, trigger_id, "/checkpoint")) as resp:
+            body = await resp.json()
+            assert resp.status == 200, body
+            return dict(body)
+
+    async def put_checkpoint(
+        self, urn: str, code: str, trigger_id: str, body: dict[str, Any]
+    ) -> tuple[int, dict[str, Any]]:
+        """PUT a trigger's checkpoint; the status and body as answered."""
+        async with self.http.put(self.trigger_path(urn, code, trigger_id, "/checkpoint"), json=body) as resp:
+            return resp.status, await resp.json()
+
+    async def set_async_config(self, urn: str, config: dict[str, Any]) -> None:
+        """PUT ``urn``'s async invoke config (retries, destinations), asserting 200."""
+        async with self.http.put(self.fgs(f"/functions/{urn}/async-invoke-config"), json=config) as resp:
+            assert resp.status == 200, await resp.text()
+
+    async def invocations(self, urn: str, **query: str) -> list[dict[str, Any]]:
+        """The async invocation records of ``urn`` (up to 500 unless ``limit`` is given), asserting 200."""
+        params = {"limit": "500", **query}
+        async with self.http.get(self.fgs(f"/functions/{urn}/async-invocations"), params=params) as resp:
+            body = await resp.json()
+            assert resp.status == 200, body
+            return list(body["invocations"])
+
+
+def failures_to_function(sink_urn: str, retries: int) -> dict[str, Any]:
+    """An async invoke config: ``retries`` retries, then each failure goes to the function ``sink_urn``."""
+    return {
+        "max_async_retry_attempts": retries,
+        "destination_config": {
+            "on_failure": {"destination": "FunctionGraph", "param": json.dumps({"func_urn": sink_urn})}
+        },
+    }
 
 
 @contextlib.asynccontextmanager

@@ -43,7 +43,7 @@ async def test_sync_invoke_returns_the_result_and_fg_headers(harness: Harness) -
     log = base64.b64decode(headers["X-Cff-Function-Log"]).decode()
     assert f"Start invoke request '{body['request_id']}', version: latest" in log
     assert "echo {'a': 1}" in log
-    assert f"Finish invoke request '{body['request_id']}', duration: " in log
+    assert f"Finish invoke request '{body['request_id']}'(invoke Success), duration: " in log
     assert "billing duration: " in log and "memory used: " in log
 
 

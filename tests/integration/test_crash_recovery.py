@@ -4,18 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from tests.integration.conftest import PROJECT, ROOT, TOKEN, free_port
-from tests.support.zips import python_function
+from tests.support.service import ServiceProcess, wait_all_finished
 
 pytestmark = pytest.mark.integration
 
@@ -32,53 +26,19 @@ def handler(event, context):
 """
 
 
-def start_service(data_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TRIGGERBUS_TOKEN": TOKEN, "TRIGGERBUS_RETRY_BASE_S": "0.1"}
-    out = open(log, "ab")  # noqa: SIM115 - closed with the process
-    return subprocess.Popen(
-        [sys.executable, "-m", "triggerbus.cli", "serve", "--data-dir", str(data_dir), "--port", str(port)],
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
-
-
-async def wait_healthy(base: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as http:
-        while time.monotonic() < deadline:
-            try:
-                async with http.get(base + "/health") as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    raise AssertionError("service did not come up")
-
-
 async def test_sigkill_mid_stream_loses_no_accepted_invocation(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     ledger = tmp_path / "ledger.txt"
-    log = tmp_path / "service.log"
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    urn = f"urn:fss:local:{PROJECT}:function:default:worker:latest"
-    fgs = f"{base}/v2/{PROJECT}/fgs/functions"
-
-    proc = start_service(data_dir, port, log)
     accepted: list[str] = []
-    try:
-        await wait_healthy(base)
-        async with aiohttp.ClientSession(headers={"X-Auth-Token": TOKEN}) as http:
-            body = python_function("worker", WORKER, max_instance_num=4)
-            async with http.post(fgs, json=body) as resp:
-                assert resp.status == 200, await resp.text()
+    with ServiceProcess(data_dir, tmp_path / "service.log", TRIGGERBUS_RETRY_BASE_S="0.1") as service:
+        await service.wait_healthy(timeout=20)
+        async with service.harness() as h:
+            urn = await h.create_function("worker", WORKER, max_instance_num=4)
 
             async def submit(i: int) -> None:
                 event = {"ledger": str(ledger), "i": i}
                 try:
-                    async with http.post(f"{fgs}/{urn}/invocations-async", json=event) as resp:
+                    async with h.http.post(h.fgs(f"/functions/{urn}/invocations-async"), json=event) as resp:
                         if resp.status == 202:
                             accepted.append((await resp.json())["request_id"])
                 except aiohttp.ClientError:
@@ -88,33 +48,22 @@ async def test_sigkill_mid_stream_loses_no_accepted_invocation(tmp_path: Path) -
             while len(accepted) < 250:
                 await asyncio.sleep(0.01)
             ran_before = len(ledger.read_text().split()) if ledger.exists() else 0
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=10)
+            service.kill()
             await asyncio.gather(*producers, return_exceptions=True)
         assert ran_before < len(accepted), "the kill came too late to interrupt anything"
 
-        proc = start_service(data_dir, port, log)
-        await wait_healthy(base)
-        async with aiohttp.ClientSession(headers={"X-Auth-Token": TOKEN}) as http:
-            deadline = time.monotonic() + 60
-            pending = set(accepted)
-            statuses: dict[str, str] = {}
-            while pending and time.monotonic() < deadline:
-                for rid in list(pending):
-                    async with http.get(f"{fgs}/{urn}/async-invocations/{rid}") as resp:
-                        if resp.status == 200:
-                            record = await resp.json()
-                            if record["status"] in ("SUCCESS", "FAIL", "DISCARD"):
-                                statuses[rid] = record["status"]
-                                pending.discard(rid)
-                if pending:
-                    await asyncio.sleep(0.2)
+        await service.start_healthy(timeout=20)
+        async with service.harness() as h:
+
+            def record_url(rid: str) -> str:
+                return h.fgs(f"/functions/{urn}/async-invocations/{rid}")
+
+            statuses, pending = await wait_all_finished(h.http, record_url, accepted, timeout=60, interval=0.2)
+            for rid in list(pending)[:5]:
+                async with h.http.get(record_url(rid)) as resp:
+                    print("PENDING", resp.status, (await resp.text())[:600])
         if pending:
-            async with aiohttp.ClientSession(headers={"X-Auth-Token": TOKEN}) as http:
-                for rid in list(pending)[:5]:
-                    async with http.get(f"{fgs}/{urn}/async-invocations/{rid}") as resp:
-                        print("PENDING", resp.status, (await resp.text())[:600])
-            print(log.read_text()[-5000:])
+            print(service.log_tail())
         assert not pending, f"{len(pending)} accepted invocations never finished"
         assert set(statuses.values()) == {"SUCCESS"}
         runs = ledger.read_text().split()
@@ -124,15 +73,7 @@ async def test_sigkill_mid_stream_loses_no_accepted_invocation(tmp_path: Path) -
         # At-least-once: only the (at most 4) invocations running at the kill may run twice.
         assert duplicates <= 4, f"{duplicates} duplicate runs"
         print(json.dumps({"accepted": len(accepted), "ran_before_kill": ran_before, "duplicates": duplicates}))
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=20) == 0
+        assert service.terminate(timeout=20) == 0
         # Worker home directories of the killed process were cleared at restart, and the
         # clean stop removed the rest.
         assert list((data_dir / "workers").iterdir()) == []
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()

@@ -19,34 +19,35 @@ import contextlib
 import datetime as dt
 import json
 import logging
-import os
 import signal
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from bson import Binary, Decimal128, Int64, ObjectId
 from pymongo import AsyncMongoClient
 
-from bus.memory import MemoryBus
-from connectors.base import ConnectorContext, TriggerSpec
+from connectors.base import TriggerSpec
 from connectors.dds import DDSConnector
 from invoker.completion import Completion, CompletionHub
 from schemas.records import AsyncStatus
-from tests.integration.conftest import PROJECT, ROOT, TOKEN, Harness, free_port, make_settings, running
+from tests.integration.conftest import Harness, free_port, make_settings, running
+from tests.support.connectors import node_context
+from tests.support.recording import read_jsonl
 from tests.support.servers import wait_for_port
-from tests.support.zips import python_function
+from tests.support.service import ServiceProcess
+from tests.support.waiting import bounded_waits
 from triggerbus.store.sqlite import SQLiteStore
 
 pytestmark = pytest.mark.integration
 
 WAIT = 45.0
+wait_for, wait_until = bounded_waits(WAIT)
 
 # Appends each event (one JSON line) to user_data "out". A batch holding a document with
 # "block": true first touches user_data "started", then waits (at most 8 s) for the file
@@ -87,34 +88,10 @@ def unique(name: str) -> str:
     return f"{name}_{uuid.uuid4().hex[:8]}"
 
 
-async def wait_for(check: Callable[[], Awaitable[Any]], what: str, timeout: float = WAIT) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
-
-
-async def wait_until(predicate: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
-    async def check() -> Any:
-        return predicate()
-
-    return await wait_for(check, what, timeout)
-
-
-def events_in(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def documents_in(path: Path) -> list[dict[str, Any] | None]:
     """The full documents of every delivered record, in delivery order (GAUSSMONGO strings decoded)."""
     docs: list[dict[str, Any] | None] = []
-    for event in events_in(path):
+    for event in read_jsonl(path):
         for record in event["records"]:
             body = record.get("dds") or record.get("gauss_mongo")
             doc = body["full_document"]
@@ -133,63 +110,13 @@ def seq_values(path: Path) -> list[int]:
 
 
 async def recorder(h: Harness, tmp_path: Path, name: str, **extra: Any) -> tuple[str, Path]:
-    out = tmp_path / f"{name}.jsonl"
-    user_data = {
-        "out": str(out),
-        "gate": str(tmp_path / f"{name}.gate"),
-        "started": str(tmp_path / f"{name}.started"),
-    }
-    return await h.create_function(name, RECORDER, user_data=user_data, **extra), out
-
-
-async def create_trigger(h: Harness, urn: str, code: str, event_data: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    async with h.http.post(
-        h.fgs(f"/triggers/{urn}"), json={"trigger_type_code": code, "event_data": event_data}
-    ) as resp:
-        return resp.status, await resp.json()
-
-
-async def set_status(h: Harness, urn: str, code: str, trigger_id: str, status: str) -> dict[str, Any]:
-    async with h.http.put(h.fgs(f"/triggers/{urn}/{code}/{trigger_id}"), json={"trigger_status": status}) as resp:
-        body = await resp.json()
-        assert resp.status == 200, body
-        return dict(body)
-
-
-async def get_trigger(h: Harness, urn: str, code: str, trigger_id: str) -> dict[str, Any]:
-    async with h.http.get(h.fgs(f"/triggers/{urn}/{code}/{trigger_id}")) as resp:
-        assert resp.status == 200
-        return dict(await resp.json())
-
-
-async def state_of(h: Harness, urn: str, code: str, trigger_id: str) -> dict[str, Any]:
-    return dict((await get_trigger(h, urn, code, trigger_id)).get("state") or {})
-
-
-async def get_checkpoint(h: Harness, urn: str, code: str, trigger_id: str) -> dict[str, Any]:
-    async with h.http.get(h.fgs(f"/triggers/{urn}/{code}/{trigger_id}/checkpoint")) as resp:
-        body = await resp.json()
-        assert resp.status == 200, body
-        return dict(body)
-
-
-async def put_checkpoint(
-    h: Harness, urn: str, code: str, trigger_id: str, body: dict[str, Any]
-) -> tuple[int, dict[str, Any]]:
-    async with h.http.put(h.fgs(f"/triggers/{urn}/{code}/{trigger_id}/checkpoint"), json=body) as resp:
-        return resp.status, await resp.json()
-
-
-async def records(h: Harness, urn: str, **query: str) -> list[dict[str, Any]]:
-    async with h.http.get(h.fgs(f"/functions/{urn}/async-invocations"), params={"limit": "500", **query}) as resp:
-        body = await resp.json()
-        assert resp.status == 200, body
-        return list(body["invocations"])
+    """RECORDER as function ``name`` (files ``tmp_path/<name>.gate``, ``.started``): its URN and output file."""
+    return await h.create_recorder(name, RECORDER, tmp_path, "gate", "started", **extra)
 
 
 async def wait_token(h: Harness, urn: str, code: str, trigger_id: str, token: Any) -> dict[str, Any]:
     async def moved() -> dict[str, Any] | None:
-        checkpoint = await get_checkpoint(h, urn, code, trigger_id)
+        checkpoint = await h.get_checkpoint(urn, code, trigger_id)
         return checkpoint if checkpoint["resume_token"] == token else None
 
     result: dict[str, Any] = await wait_for(moved, f"the checkpoint to reach {token}")
@@ -290,8 +217,8 @@ async def test_changes_become_exact_dds_events(tmp_path: Path, mongo_uri: str) -
     db, coll = unique("dds"), "person"
     async with running(make_settings(tmp_path / "data")) as h, mongo(mongo_uri) as client:
         urn, out = await recorder(h, tmp_path, "dds")
-        status, trigger = await create_trigger(
-            h, urn, "DDS", dds_data(mongo_uri, db, coll, batch_size=10, batch_window_ms=300)
+        status, trigger = await h.create_trigger(
+            urn, "DDS", dds_data(mongo_uri, db, coll, batch_size=10, batch_window_ms=300)
         )
         assert status == 201, trigger
         assert trigger["trigger_status"] == "DISABLED"  # DDS triggers start disabled
@@ -300,8 +227,8 @@ async def test_changes_become_exact_dds_events(tmp_path: Path, mongo_uri: str) -
         assert data["on_history_lost"] == "fail"
         assert data["batch_window_ms"] == 300
         trigger_id = trigger["trigger_id"]
-        await set_status(h, urn, "DDS", trigger_id, "ACTIVE")
-        start = await get_checkpoint(h, urn, "DDS", trigger_id)
+        await h.set_trigger_status(urn, "DDS", trigger_id, "ACTIVE")
+        start = await h.get_checkpoint(urn, "DDS", trigger_id)
         assert start["kind"] == "start" and start["resume_token"]["_data"]  # pinned by the enable
 
         c = client[db][coll]
@@ -314,7 +241,7 @@ async def test_changes_become_exact_dds_events(tmp_path: Path, mongo_uri: str) -
         await c.delete_one({"_id": "d"})
 
         async def all_seven() -> list[dict[str, Any]]:
-            events = events_in(out)
+            events = read_jsonl(out)
             return events if sum(len(e["records"]) for e in events) >= 7 else []
 
         events = await wait_for(all_seven, "seven change records")
@@ -347,7 +274,7 @@ async def test_changes_become_exact_dds_events(tmp_path: Path, mongo_uri: str) -
 
         # each batch is an async record with its source coordinates; the token then moves on
         async def all_success() -> list[dict[str, Any]] | None:
-            found = await records(h, urn, trigger_id=trigger_id)
+            found = await h.invocations(urn, trigger_id=trigger_id)
             return found if len(found) == len(events) and all(r["status"] == "SUCCESS" for r in found) else None
 
         found = await wait_for(all_success, "SUCCESS records")
@@ -358,7 +285,7 @@ async def test_changes_become_exact_dds_events(tmp_path: Path, mongo_uri: str) -
         checkpoint = await wait_token(h, urn, "DDS", trigger_id, last_token)
         assert checkpoint["kind"] == "change"
         assert checkpoint["history_lost"] is None
-        state = await state_of(h, urn, "DDS", trigger_id)
+        state = await h.trigger_state(urn, "DDS", trigger_id)
         assert state["consumer_state"] == "running"
         assert state["changes_delivered"] == 7
         assert state["finished"] == {"SUCCESS": len(events)}
@@ -370,8 +297,8 @@ async def test_gaussmongo_events_batches_and_order(tmp_path: Path, mongo_uri: st
     db, coll = unique("gauss"), "orders"
     async with running(make_settings(tmp_path / "data")) as h, mongo(mongo_uri) as client:
         urn, out = await recorder(h, tmp_path, "gm")
-        status, trigger = await create_trigger(
-            h, urn, "GAUSSMONGO", dds_data(mongo_uri, db, coll, batch_size=4, batch_window_ms=500)
+        status, trigger = await h.create_trigger(
+            urn, "GAUSSMONGO", dds_data(mongo_uri, db, coll, batch_size=4, batch_window_ms=500)
         )
         assert status == 201, trigger
         assert trigger["trigger_status"] == "ACTIVE"  # GAUSSMONGO triggers start active
@@ -381,10 +308,10 @@ async def test_gaussmongo_events_batches_and_order(tmp_path: Path, mongo_uri: st
         await c.update_many({"i": {"$lt": 3}}, {"$set": {"done": True}})
 
         async def arrived() -> bool:
-            return sum(len(e["records"]) for e in events_in(out)) >= 25
+            return sum(len(e["records"]) for e in read_jsonl(out)) >= 25
 
         await wait_for(arrived, "25 change records")
-        events = events_in(out)
+        events = read_jsonl(out)
         assert all(1 <= len(e["records"]) <= 4 for e in events)
         assert any(len(e["records"]) == 4 for e in events)  # batches do fill up
         names = []
@@ -423,17 +350,13 @@ async def test_resume_token_moves_only_after_terminal_state(tmp_path: Path, mong
     async with running(make_settings(tmp_path / "data")) as h, mongo(mongo_uri) as client:
         urn, out = await recorder(h, tmp_path, "gated")
         config = {"max_async_retry_attempts": 1}
-        async with h.http.put(h.fgs(f"/functions/{urn}/async-invoke-config"), json=config) as resp:
-            assert resp.status == 200, await resp.text()
+        await h.set_async_config(urn, config)
         data = dds_data(mongo_uri, db, coll, batch_size=1, batch_window_ms=0)
-        status, trigger = await create_trigger(h, urn, "DDS", data)
-        assert status == 201, trigger
-        trigger_id = trigger["trigger_id"]
-        await set_status(h, urn, "DDS", trigger_id, "ACTIVE")
+        trigger_id = await h.add_active_trigger(urn, "DDS", data)
         c = client[db][coll]
 
         def tokens() -> list[Any]:
-            return [r["dds"]["token"] for e in events_in(out) for r in e["records"]]
+            return [r["dds"]["token"] for e in read_jsonl(out) for r in e["records"]]
 
         await c.insert_one({"_id": "a"})
         await wait_until(lambda: tokens(), "the first change")
@@ -445,9 +368,9 @@ async def test_resume_token_moves_only_after_terminal_state(tmp_path: Path, mong
         started = tmp_path / "gated.started"
         await wait_until(lambda: started.exists(), "the blocked batch to start")
         for _ in range(5):
-            assert (await get_checkpoint(h, urn, "DDS", trigger_id))["resume_token"] == token_a
+            assert (await h.get_checkpoint(urn, "DDS", trigger_id))["resume_token"] == token_a
             await asyncio.sleep(0.2)
-        state = await state_of(h, urn, "DDS", trigger_id)
+        state = await h.trigger_state(urn, "DDS", trigger_id)
         assert state["in_flight"] is not None and state["in_flight"]["changes"] == 1
         (tmp_path / "gated.gate").touch()
         await wait_until(lambda: len(tokens()) >= 2, "the blocked batch to finish")
@@ -457,11 +380,11 @@ async def test_resume_token_moves_only_after_terminal_state(tmp_path: Path, mong
         await c.insert_one({"_id": "c", "poison": True})
 
         async def failed() -> list[dict[str, Any]]:
-            return await records(h, urn, trigger_id=trigger_id, status="FAIL")
+            return await h.invocations(urn, trigger_id=trigger_id, status="FAIL")
 
         fail = (await wait_for(failed, "the FAIL record"))[0]
         assert fail["source"]["count"] == 1
-        poison_tokens = [r["dds"]["token"] for e in events_in(out) for r in e["records"] if "poison" in str(r)]
+        poison_tokens = [r["dds"]["token"] for e in read_jsonl(out) for r in e["records"] if "poison" in str(r)]
         assert len(poison_tokens) == 2 and poison_tokens[0] == poison_tokens[1]  # first attempt + 1 retry
         await wait_token(h, urn, "DDS", trigger_id, poison_tokens[0])
         assert fail["source"]["last_resume_token"] == poison_tokens[0]["_data"]
@@ -471,53 +394,20 @@ async def test_resume_token_moves_only_after_terminal_state(tmp_path: Path, mong
             lambda: any(doc and doc.get("_id") == "d" for doc in documents_in(out)),
             "the change after the failed one",
         )
-        state = await state_of(h, urn, "DDS", trigger_id)
+        state = await h.trigger_state(urn, "DDS", trigger_id)
         assert state["finished"].get("FAIL") == 1
         assert state["finished"].get("SUCCESS", 0) >= 3
 
 
-def start_service(data_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TRIGGERBUS_TOKEN": TOKEN, "TRIGGERBUS_RETRY_BASE_S": "0.1"}
-    out = open(log, "ab")  # noqa: SIM115 - closed with the process
-    return subprocess.Popen(
-        [sys.executable, "-m", "triggerbus.cli", "serve", "--data-dir", str(data_dir), "--port", str(port)],
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
-
-
-async def wait_healthy(base: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as http:
-        while time.monotonic() < deadline:
-            with contextlib.suppress(aiohttp.ClientError):
-                async with http.get(base + "/health") as resp:
-                    if resp.status == 200:
-                        return
-            await asyncio.sleep(0.1)
-    raise AssertionError("service did not come up")
-
-
 async def test_sigkilled_service_resumes_and_skips_nothing(tmp_path: Path, mongo_uri: str) -> None:
     db, coll = unique("crash"), "events"
-    data_dir, log, out = tmp_path / "data", tmp_path / "service.log", tmp_path / "crash.jsonl"
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    fgs = f"{base}/v2/{PROJECT}/fgs"
     batch_size, total = 5, 300
-    proc = start_service(data_dir, port, log)
-    try:
-        await wait_healthy(base)
-        async with aiohttp.ClientSession(headers={"X-Auth-Token": TOKEN}) as http:
-            user_data = {"out": str(out), "gate": str(tmp_path / "g"), "started": str(tmp_path / "s")}
-            async with http.post(f"{fgs}/functions", json=python_function("crash", RECORDER, user_data=user_data)) as r:
-                assert r.status == 200, await r.text()
-                urn = (await r.json())["func_urn"]
+    with ServiceProcess(tmp_path / "data", tmp_path / "service.log", TRIGGERBUS_RETRY_BASE_S="0.1") as service:
+        await service.wait_healthy()
+        async with service.harness() as h:
+            urn, out = await recorder(h, tmp_path, "crash")
             data = dds_data(mongo_uri, db, coll, batch_size=batch_size, batch_window_ms=20)
-            body = {"trigger_type_code": "DDS", "trigger_status": "ACTIVE", "event_data": data}
-            async with http.post(f"{fgs}/triggers/{urn}", json=body) as r:
-                assert r.status == 201, await r.text()
+            await h.add_trigger(urn, "DDS", data, trigger_status="ACTIVE")
 
         async with mongo(mongo_uri) as client:
             c = client[db][coll]
@@ -532,13 +422,11 @@ async def test_sigkilled_service_resumes_and_skips_nothing(tmp_path: Path, mongo
 
             writer = asyncio.create_task(write())
             await wait_until(lambda: len(seq_values(out)) >= 40, "some deliveries")
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=10)
+            service.kill()
             delivered_before, written_before = len(set(seq_values(out))), written
             assert not writer.done(), "the kill came too late: everything was written already"
             await writer  # the rest is written while the service is down
-            proc = start_service(data_dir, port, log)
-            await wait_healthy(base)
+            await service.start_healthy()
 
             async def everything() -> bool:
                 return set(seq_values(out)) >= set(range(total))
@@ -546,7 +434,7 @@ async def test_sigkilled_service_resumes_and_skips_nothing(tmp_path: Path, mongo
             try:
                 await wait_for(everything, f"all {total} changes", timeout=90)
             except AssertionError:
-                print(log.read_text()[-5000:])
+                print(service.log_tail())
                 raise
         values = seq_values(out)
         assert set(values) == set(range(total))  # none skipped
@@ -564,13 +452,6 @@ async def test_sigkilled_service_resumes_and_skips_nothing(tmp_path: Path, mongo
                 }
             )
         )
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
 
 
 async def test_database_restart_mid_stream(tmp_path: Path, own_secantus: Callable[..., Secantus]) -> None:
@@ -579,10 +460,7 @@ async def test_database_restart_mid_stream(tmp_path: Path, own_secantus: Callabl
     async with running(make_settings(tmp_path / "data")) as h:
         urn, out = await recorder(h, tmp_path, "restart")
         data = dds_data(server.uri, db, coll, batch_size=3, batch_window_ms=50)
-        status, trigger = await create_trigger(h, urn, "DDS", data)
-        assert status == 201, trigger
-        trigger_id = trigger["trigger_id"]
-        await set_status(h, urn, "DDS", trigger_id, "ACTIVE")
+        trigger_id = await h.add_active_trigger(urn, "DDS", data)
         async with mongo(server.uri) as client:
             c = client[db][coll]
             for i in range(20):
@@ -596,12 +474,12 @@ async def test_database_restart_mid_stream(tmp_path: Path, own_secantus: Callabl
             for i in range(20, 40):
                 await c.insert_one({"i": i})
             try:
-                await wait_until(lambda: len(set(seq_values(out))) >= 40, "all 40 changes", 60)
+                await wait_until(lambda: len(set(seq_values(out))) >= 40, "all 40 changes", timeout=60)
             except AssertionError:
-                print(await state_of(h, urn, "DDS", trigger_id))
+                print(await h.trigger_state(urn, "DDS", trigger_id))
                 raise
         assert seq_values(out) == list(range(40))  # each change once, in order
-        state = await state_of(h, urn, "DDS", trigger_id)
+        state = await h.trigger_state(urn, "DDS", trigger_id)
         assert state["consumer_state"] == "running"
 
 
@@ -612,15 +490,15 @@ async def lose_history(
     h: Harness, urn: str, code: str, trigger_id: str, c: Any, client: AsyncMongoClient[dict[str, Any]]
 ) -> None:
     """Disable the trigger, write more than the capped oplog keeps, prune it, enable again."""
-    await set_status(h, urn, code, trigger_id, "DISABLED")
+    await h.set_trigger_status(urn, code, trigger_id, "DISABLED")
     await c.insert_many([{"i": i} for i in range(100, 140)])
     pruned = await client.admin.command("secantusAdmin.pruneOplog")
     assert pruned["ok"] == 1.0
-    await set_status(h, urn, code, trigger_id, "ACTIVE")
+    await h.set_trigger_status(urn, code, trigger_id, "ACTIVE")
 
 
 async def gap_records(h: Harness, urn: str, trigger_id: str) -> list[dict[str, Any]]:
-    return [r for r in await records(h, urn, trigger_id=trigger_id) if r.get("error_code") == 4410]
+    return [r for r in await h.invocations(urn, trigger_id=trigger_id) if r.get("error_code") == 4410]
 
 
 async def start_with_one_change(
@@ -631,10 +509,7 @@ async def start_with_one_change(
     data = dds_data(server.uri, db, coll, batch_size=50, batch_window_ms=50)
     if policy is not None:
         data["on_history_lost"] = policy
-    status, trigger = await create_trigger(h, urn, "DDS", data)
-    assert status == 201, trigger
-    trigger_id = trigger["trigger_id"]
-    await set_status(h, urn, "DDS", trigger_id, "ACTIVE")
+    trigger_id = await h.add_active_trigger(urn, "DDS", data)
     async with mongo(server.uri) as client:
         await client[db][coll].insert_one({"i": 0})
     await wait_until(lambda: seq_values(out) == [0], "the first change")
@@ -653,7 +528,7 @@ async def test_history_lost_with_policy_fail_stops_and_reports_once(
         await lose_history(h, urn, "DDS", trigger_id, client[db][coll], client)
 
         async def halted() -> dict[str, Any] | None:
-            state = await state_of(h, urn, "DDS", trigger_id)
+            state = await h.trigger_state(urn, "DDS", trigger_id)
             return state if state.get("consumer_state") == "history_lost" else None
 
         state = await wait_for(halted, "the trigger to stop on lost history")
@@ -672,28 +547,28 @@ async def test_history_lost_with_policy_fail_stops_and_reports_once(
 
         # no retry loop: it stays stopped; enabling again tries once more and reports nothing new
         await asyncio.sleep(1.0)
-        assert (await state_of(h, urn, "DDS", trigger_id))["consumer_state"] == "history_lost"
-        await set_status(h, urn, "DDS", trigger_id, "DISABLED")
-        await set_status(h, urn, "DDS", trigger_id, "ACTIVE")
+        assert (await h.trigger_state(urn, "DDS", trigger_id))["consumer_state"] == "history_lost"
+        await h.set_trigger_status(urn, "DDS", trigger_id, "DISABLED")
+        await h.set_trigger_status(urn, "DDS", trigger_id, "ACTIVE")
         await wait_for(halted, "the trigger to stop again")
         assert len(await gap_records(h, urn, trigger_id)) == 1
-        checkpoint = await get_checkpoint(h, urn, "DDS", trigger_id)
+        checkpoint = await h.get_checkpoint(urn, "DDS", trigger_id)
         assert checkpoint["history_lost"]["request_id"] == gap["request_id"]
 
         # the way out: move the checkpoint while disabled
-        status, error = await put_checkpoint(h, urn, "DDS", trigger_id, {"position": "latest"})
+        status, error = await h.put_checkpoint(urn, "DDS", trigger_id, {"position": "latest"})
         assert status == 409, error  # still enabled
-        await set_status(h, urn, "DDS", trigger_id, "DISABLED")
-        status, moved = await put_checkpoint(h, urn, "DDS", trigger_id, {"position": "latest"})
+        await h.set_trigger_status(urn, "DDS", trigger_id, "DISABLED")
+        status, moved = await h.put_checkpoint(urn, "DDS", trigger_id, {"position": "latest"})
         assert status == 200, moved
         assert moved["kind"] == "set" and moved["history_lost"] is None
-        await set_status(h, urn, "DDS", trigger_id, "ACTIVE")
+        await h.set_trigger_status(urn, "DDS", trigger_id, "ACTIVE")
         await client[db][coll].insert_one({"i": 500})
         await wait_until(lambda: seq_values(out) == [0, 500], "the change after recovery")
 
 
 async def _checkpoint_kind(h: Harness, urn: str, trigger_id: str, kind: str) -> bool:
-    return (await get_checkpoint(h, urn, "DDS", trigger_id)).get("kind") == kind
+    return (await h.get_checkpoint(urn, "DDS", trigger_id)).get("kind") == kind
 
 
 async def test_history_lost_with_policy_resume_from_time_delivers_what_is_left(
@@ -716,7 +591,7 @@ async def test_history_lost_with_policy_resume_from_time_delivers_what_is_left(
         after = seq_values(out)[1:]
         assert after == sorted(after) and set(after) <= set(range(100, 140))
         assert 100 not in after  # pruned: really lost, and reported
-        state = await state_of(h, urn, "DDS", trigger_id)
+        state = await h.trigger_state(urn, "DDS", trigger_id)
         assert state["consumer_state"] == "running"
         assert state["history_lost"]["request_id"] == record["request_id"]
         assert state["history_lost"]["resumed_from"]["kind"] == "time"
@@ -750,21 +625,21 @@ async def test_unreadable_resume_token_is_a_gap_and_refused_by_the_checkpoint_ap
     }
     async with running(make_settings(tmp_path / "data")) as h, mongo(mongo_uri) as client:
         urn, out = await recorder(h, tmp_path, "bad")
-        status, trigger = await create_trigger(h, urn, "DDS", dds_data(mongo_uri, db, coll))
+        status, trigger = await h.create_trigger(urn, "DDS", dds_data(mongo_uri, db, coll))
         assert status == 201, trigger
         trigger_id = trigger["trigger_id"]
 
-        status, error = await put_checkpoint(h, urn, "DDS", trigger_id, {"resume_token": foreign})
+        status, error = await h.put_checkpoint(urn, "DDS", trigger_id, {"resume_token": foreign})
         assert status == 400, error
         assert "cannot resume" in error["error_msg"] and "FailedToParse" in error["error_msg"]
         other_stream = await client[db]["other"].watch()
         await client[db]["other"].insert_one({"x": 1})
         other = (await other_stream.next())["_id"]
         await other_stream.close()
-        status, error = await put_checkpoint(h, urn, "DDS", trigger_id, {"resume_token": other})
+        status, error = await h.put_checkpoint(urn, "DDS", trigger_id, {"resume_token": other})
         assert status == 400, error  # a token of another collection
         for bad in ({"operation_time": -1}, {"position": "earliest"}, {}, {"position": "latest", "resume_token": {}}):
-            status, error = await put_checkpoint(h, urn, "DDS", trigger_id, bad)
+            status, error = await h.put_checkpoint(urn, "DDS", trigger_id, bad)
             assert status == 400, (bad, error)
 
         # a token restored from another server: found at enable time, reported, policy fail
@@ -773,21 +648,21 @@ async def test_unreadable_resume_token_is_a_gap_and_refused_by_the_checkpoint_ap
             "change_stream",
             {"resume_token": foreign, "cluster_time": None, "kind": "change", "mode": "resume_after", "updated": 0},
         )
-        await set_status(h, urn, "DDS", trigger_id, "ACTIVE")
+        await h.set_trigger_status(urn, "DDS", trigger_id, "ACTIVE")
         gap = (await wait_for(lambda: gap_records(h, urn, trigger_id), "the gap record"))[0]
         assert gap["status"] == "FAIL"
         assert "9 FailedToParse" in gap["error_message"]
         assert "2019-09-26T03:23:57" in gap["error_message"]  # the cluster time read from the token
-        state = await state_of(h, urn, "DDS", trigger_id)
+        state = await h.trigger_state(urn, "DDS", trigger_id)
         assert state["consumer_state"] == "history_lost"
 
         # moving to a cluster time works (and is checked against the server)
-        await set_status(h, urn, "DDS", trigger_id, "DISABLED")
+        await h.set_trigger_status(urn, "DDS", trigger_id, "DISABLED")
         await client[db][coll].insert_one({"i": 1})
-        status, moved = await put_checkpoint(h, urn, "DDS", trigger_id, {"operation_time": int(time.time()) - 60})
+        status, moved = await h.put_checkpoint(urn, "DDS", trigger_id, {"operation_time": int(time.time()) - 60})
         assert status == 200, moved
         assert moved["kind"] == "time" and moved["resume_token"] is None
-        await set_status(h, urn, "DDS", trigger_id, "ACTIVE")
+        await h.set_trigger_status(urn, "DDS", trigger_id, "ACTIVE")
         await wait_until(lambda: 1 in seq_values(out), "the change after the set time")
 
 
@@ -803,7 +678,7 @@ async def test_bad_configs_get_precise_400s(
         urn, _ = await recorder(h, tmp_path, "cfg")
 
         async def refused(event_data: dict[str, Any], code: str = "DDS") -> str:
-            status, body = await create_trigger(h, urn, code, event_data)
+            status, body = await h.create_trigger(urn, code, event_data)
             assert status == 400, body
             assert body["error_code"] == "FSS.0400"
             return str(body["error_msg"])
@@ -817,8 +692,8 @@ async def test_bad_configs_get_precise_400s(
         assert "batch_window_ms" in await refused({**base, "batch_window_ms": -1})
 
         # the instance map: a known instance needs no URI, an unknown one is named
-        status, ok = await create_trigger(
-            h, urn, "DDS", {"instance_id": "dds-inst-1", "db_name": "shop", "collection_name": "orders"}
+        status, ok = await h.create_trigger(
+            urn, "DDS", {"instance_id": "dds-inst-1", "db_name": "shop", "collection_name": "orders"}
         )
         assert status == 201, ok
         message = await refused({"instance_id": "nope", "db_name": "shop", "collection_name": "orders"})
@@ -849,31 +724,31 @@ async def test_auth_failures_and_passwords_never_shown(
     async with running(make_settings(tmp_path / "data")) as h:
         urn, out = await recorder(h, tmp_path, "auth")
         wrong = "Wrong-pass-" + uuid.uuid4().hex[:6]
-        status, body = await create_trigger(
-            h, urn, "DDS", dds_data(server.uri, db, coll, db_user="app", db_password=wrong)
+        status, body = await h.create_trigger(
+            urn, "DDS", dds_data(server.uri, db, coll, db_user="app", db_password=wrong)
         )
         assert status == 400, body
         assert body["error_msg"].startswith(
             f"event_data.db_user: MongoDB at 127.0.0.1:{server.port} refused the login of user 'app'"
         )
-        status, body = await create_trigger(h, urn, "DDS", dds_data(server.uri, db, coll))
+        status, body = await h.create_trigger(urn, "DDS", dds_data(server.uri, db, coll))
         assert status == 400, body  # no credentials at all
         assert "refused the login" in body["error_msg"] or "may not watch" in body["error_msg"]
 
         # the password inside the URI moves to db_password: stored encrypted, never returned
         uri = f"mongodb://app:{password}@127.0.0.1:{server.port}/?replicaSet=secantus&authSource=admin"
-        status, trigger = await create_trigger(h, urn, "DDS", dds_data(uri, db, coll, batch_window_ms=0))
+        status, trigger = await h.create_trigger(urn, "DDS", dds_data(uri, db, coll, batch_window_ms=0))
         assert status == 201, trigger
         data = trigger["event_data"]
         assert data["connection_uri"] == f"mongodb://127.0.0.1:{server.port}/?replicaSet=secantus&authSource=admin"
         assert data["db_user"] == "app" and data["db_password"] == "******"
         trigger_id = trigger["trigger_id"]
-        await set_status(h, urn, "DDS", trigger_id, "ACTIVE")
+        await h.set_trigger_status(urn, "DDS", trigger_id, "ACTIVE")
         async with mongo(uri) as client:
             await client[db][coll].insert_one({"i": 7})
         await wait_until(lambda: seq_values(out) == [7], "a change through the authenticated stream")
-        fetched = await get_trigger(h, urn, "DDS", trigger_id)
-        checkpoint = await get_checkpoint(h, urn, "DDS", trigger_id)
+        fetched = await h.get_trigger(urn, "DDS", trigger_id)
+        checkpoint = await h.get_checkpoint(urn, "DDS", trigger_id)
         async with h.http.get(h.fgs(f"/triggers/{urn}")) as resp:
             listing = await resp.text()
         stored = await h.service.store.get_trigger(trigger_id)
@@ -887,10 +762,7 @@ async def test_drop_is_delivered_and_a_recreated_collection_is_followed(tmp_path
     db, coll = unique("drop"), "c"
     async with running(make_settings(tmp_path / "data")) as h, mongo(mongo_uri) as client:
         urn, out = await recorder(h, tmp_path, "drop")
-        status, trigger = await create_trigger(h, urn, "DDS", dds_data(mongo_uri, db, coll, batch_window_ms=50))
-        assert status == 201, trigger
-        trigger_id = trigger["trigger_id"]
-        await set_status(h, urn, "DDS", trigger_id, "ACTIVE")
+        trigger_id = await h.add_active_trigger(urn, "DDS", dds_data(mongo_uri, db, coll, batch_window_ms=50))
         c = client[db][coll]
         await c.insert_one({"i": 1})
         await c.drop()
@@ -903,11 +775,11 @@ async def test_drop_is_delivered_and_a_recreated_collection_is_followed(tmp_path
 
 
 def _names(path: Path) -> list[str]:
-    return [r["event_name"] for e in events_in(path) for r in e["records"]]
+    return [r["event_name"] for e in read_jsonl(path) for r in e["records"]]
 
 
 async def _checkpoint_mode(h: Harness, urn: str, trigger_id: str, mode: str) -> dict[str, Any] | None:
-    checkpoint = await get_checkpoint(h, urn, "DDS", trigger_id)
+    checkpoint = await h.get_checkpoint(urn, "DDS", trigger_id)
     return checkpoint if checkpoint.get("mode") == mode else None
 
 
@@ -915,10 +787,7 @@ async def test_a_change_over_6_mb_is_discarded_with_a_record(tmp_path: Path, mon
     db, coll = unique("big"), "c"
     async with running(make_settings(tmp_path / "data")) as h, mongo(mongo_uri) as client:
         urn, out = await recorder(h, tmp_path, "big")
-        status, trigger = await create_trigger(h, urn, "DDS", dds_data(mongo_uri, db, coll, batch_window_ms=200))
-        assert status == 201, trigger
-        trigger_id = trigger["trigger_id"]
-        await set_status(h, urn, "DDS", trigger_id, "ACTIVE")
+        trigger_id = await h.add_active_trigger(urn, "DDS", dds_data(mongo_uri, db, coll, batch_window_ms=200))
         c = client[db][coll]
         await c.insert_one({"i": 1})
         await c.insert_one({"i": 2, "blob": "x" * (7 * 1024 * 1024)})
@@ -926,15 +795,15 @@ async def test_a_change_over_6_mb_is_discarded_with_a_record(tmp_path: Path, mon
         await wait_until(lambda: seq_values(out) == [1, 3], "the changes around the big one")
 
         async def dropped() -> list[dict[str, Any]]:
-            return [r for r in await records(h, urn, trigger_id=trigger_id) if r.get("error_code") == 4413]
+            return [r for r in await h.invocations(urn, trigger_id=trigger_id) if r.get("error_code") == 4413]
 
         record = (await wait_for(dropped, "the DISCARD record of the big change"))[0]
         assert record["status"] == "DISCARD"
         assert "over the 6291456-byte event limit" in record["error_message"]
         assert record["source"]["ns"] == f"{db}.{coll}"
-        last = [r["dds"]["token"] for e in events_in(out) for r in e["records"]][-1]
+        last = [r["dds"]["token"] for e in read_jsonl(out) for r in e["records"]][-1]
         await wait_token(h, urn, "DDS", trigger_id, last)
-        assert (await state_of(h, urn, "DDS", trigger_id))["dropped"] == 1
+        assert (await h.trigger_state(urn, "DDS", trigger_id))["dropped"] == 1
 
 
 # -- several processes -------------------------------------------------------------------------------------
@@ -960,16 +829,8 @@ class CompletingInvocations:
 def connector_process(store: SQLiteStore, name: str) -> tuple[DDSConnector, CompletingInvocations]:
     completion = CompletionHub()
     invocations = CompletingInvocations(completion)
-    ctx = ConnectorContext(
-        bus=MemoryBus(),
-        state=store,
-        invocations=invocations,  # type: ignore[arg-type]
-        completion=completion,
-        ingest=None,  # type: ignore[arg-type]
-        region="local",
-        default_tz="UTC",
-        node_id=name,
-        options={"shared_store": True, "mongo_lease_ttl_s": 1.5},
+    ctx = node_context(
+        store, name, completion, invocations=invocations, ingest=None, shared_store=True, mongo_lease_ttl_s=1.5
     )
     return DDSConnector(ctx), invocations
 

@@ -15,30 +15,26 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
-import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
-from connectors.redis_streams import StreamBackend, entry_id
+from connectors.redis_streams import entry_id
 from schemas.events.dis import DISEvent
-from tests.integration.conftest import PROJECT, ROOT, TOKEN, Harness, free_port, make_settings, running
-from tests.support.zips import python_function
+from tests.integration.conftest import PROJECT, Harness, make_settings, running
+from tests.support.recording import read_jsonl
+from tests.support.service import ServiceProcess
+from tests.support.streams import REDIS, redis_prefix_fixture, streams_settings
+from tests.support.waiting import bounded_waits
 
 pytestmark = pytest.mark.integration
 
-REDIS = os.environ.get("TRIGGERBUS_TEST_REDIS", "redis://127.0.0.1:6379/0")
 WAIT = 40.0
+wait_for, wait_until = bounded_waits(WAIT, interval=0.05)
 CODE = "DIS"
 
 # Writes {"kind": "start"|"end", "texts": [...], "event": ...} lines to user_data "out". A batch with a
@@ -71,54 +67,15 @@ NOOP = "def handler(event, context):\n    return 'ok'\n"
 # -- helpers ---------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-async def prefix() -> AsyncIterator[str]:
-    """A Redis key prefix of this test's own; its keys are deleted afterwards."""
-    name = f"tbtest-dis-{uuid.uuid4().hex[:12]}"
-    yield name
-    backend = StreamBackend(REDIS, name)
-    try:
-        await backend.remove_prefix()
-    finally:
-        await backend.close()
-
-
-def settings(tmp_path: Path, prefix: str, **extra: Any) -> Any:
-    return make_settings(tmp_path / "data", streams_redis=REDIS, streams_prefix=prefix, **extra)
-
-
-async def wait_for(check: Callable[[], Awaitable[Any]], what: str, timeout: float = WAIT) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
-
-
-def check(condition: Callable[[], Any]) -> Callable[[], Awaitable[Any]]:
-    """A synchronous condition (reading a file the function writes) for :func:`wait_for`."""
-
-    async def run() -> Any:
-        return condition()
-
-    return run
-
-
-def lines(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+prefix = redis_prefix_fixture("dis")
 
 
 def ended(path: Path) -> list[dict[str, Any]]:
-    return [line for line in lines(path) if line["kind"] == "end"]
+    return [line for line in read_jsonl(path) if line["kind"] == "end"]
 
 
 def texts(path: Path, kind: str = "end") -> list[str]:
-    return [t for line in lines(path) if line["kind"] == kind for t in line["texts"]]
+    return [t for line in read_jsonl(path) if line["kind"] == kind for t in line["texts"]]
 
 
 def b64(text: str | bytes) -> str:
@@ -146,56 +103,34 @@ async def put_texts(h: Harness, stream: str, values: list[str], key: str = "k") 
     return [p["sequence_number"] for p in placed]
 
 
-async def create_trigger(h: Harness, urn: str, event_data: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    body = {"trigger_type_code": CODE, "event_data": event_data}
-    async with h.http.post(h.fgs(f"/triggers/{urn}"), json=body) as resp:
-        return resp.status, await resp.json()
-
-
 async def trigger(h: Harness, urn: str, event_data: dict[str, Any]) -> str:
-    status, body = await create_trigger(h, urn, event_data)
-    assert status == 201, body
-    return str(body["trigger_id"])
+    """A DIS trigger of ``urn`` (asserting 201): its id."""
+    return str((await h.add_trigger(urn, CODE, event_data))["trigger_id"])
 
 
-async def get_trigger(h: Harness, urn: str, trigger_id: str) -> dict[str, Any]:
-    async with h.http.get(h.fgs(f"/triggers/{urn}/{CODE}/{trigger_id}")) as resp:
-        body = await resp.json()
-        assert resp.status == 200, body
-        return dict(body)
-
-
-async def update_trigger(h: Harness, urn: str, trigger_id: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    async with h.http.put(h.fgs(f"/triggers/{urn}/{CODE}/{trigger_id}"), json=body) as resp:
-        return resp.status, await resp.json()
-
-
-async def checkpoint(h: Harness, urn: str, trigger_id: str) -> dict[str, Any]:
-    async with h.http.get(h.fgs(f"/triggers/{urn}/{CODE}/{trigger_id}/checkpoint")) as resp:
-        body = await resp.json()
-        assert resp.status == 200, body
-        return dict(body)
+def polling(stream: str, **extra: Any) -> dict[str, Any]:
+    """DIS trigger event_data: ``stream`` from TRIM_HORIZON, polled every 50 ms, and ``extra``."""
+    return {
+        "stream_name": stream,
+        "sharditerator_type": "TRIM_HORIZON",
+        "polling_interval": 50,
+        "polling_unit": "ms",
+        **extra,
+    }
 
 
 async def wait_committed(h: Harness, urn: str, trigger_id: str, want: dict[str, str | None]) -> None:
     async def check() -> bool:
-        shards = (await checkpoint(h, urn, trigger_id))["shards"]
+        shards = (await h.get_checkpoint(urn, CODE, trigger_id))["shards"]
         return {s["shard_id"]: s["committed_sequence_number"] for s in shards} == want
 
     await wait_for(check, f"committed positions {want}")
 
 
-async def records(h: Harness, urn: str, **query: str) -> list[dict[str, Any]]:
-    async with h.http.get(h.fgs(f"/functions/{urn}/async-invocations"), params={"limit": "500", **query}) as resp:
-        body = await resp.json()
-        assert resp.status == 200, body
-        return list(body["invocations"])
-
-
 async def recorder(h: Harness, tmp_path: Path, name: str) -> tuple[str, Path, Path]:
-    out, gate = tmp_path / f"{name}.jsonl", tmp_path / f"{name}.gate"
-    urn = await h.create_function(name, RECORDER, user_data={"out": str(out), "gate": str(gate)})
-    return urn, out, gate
+    """RECORDER as function ``name``: its URN, output file and gate file (``tmp_path/<name>.gate``)."""
+    urn, out = await h.create_recorder(name, RECORDER, tmp_path, "gate")
+    return urn, out, tmp_path / f"{name}.gate"
 
 
 def shard0(partitions: int = 1) -> dict[str, str | None]:
@@ -221,7 +156,7 @@ async def read_shard(h: Harness, stream: str, shard: str, cursor_type: str, **ex
 
 
 async def test_stream_api_and_its_precise_errors(tmp_path: Path, prefix: str) -> None:
-    async with running(settings(tmp_path, prefix)) as h:
+    async with running(streams_settings(tmp_path, prefix)) as h:
         created = await create_stream(h, "clicks", partitions=3, data_duration=48)
         assert created["stream_name"] == "clicks" and len(created["stream_id"]) == 32
         async with h.http.post(f"/v2/{PROJECT}/streams", json={"stream_name": "clicks", "partition_count": 1}) as r:
@@ -287,7 +222,7 @@ async def test_stream_api_and_its_precise_errors(tmp_path: Path, prefix: str) ->
 
 
 async def test_puts_route_by_partition_key_and_read_back_by_cursor(tmp_path: Path, prefix: str) -> None:
-    async with running(settings(tmp_path, prefix)) as h:
+    async with running(streams_settings(tmp_path, prefix)) as h:
         await create_stream(h, "orders", partitions=4)
         placed = await put(
             h,
@@ -334,21 +269,15 @@ async def test_puts_route_by_partition_key_and_read_back_by_cursor(tmp_path: Pat
 
 
 async def test_event_is_the_documented_shape(tmp_path: Path, prefix: str) -> None:
-    async with running(settings(tmp_path, prefix)) as h:
+    async with running(streams_settings(tmp_path, prefix)) as h:
         await create_stream(h, "dis-swtest")
         values = ["welcome", "using", "FunctionStage", "service"]
         placed = await put(h, "dis-swtest", [{"data": b64(v), "partition_key": "shardId_0000000000"} for v in values])
         urn, out, _ = await recorder(h, tmp_path, "shape")
-        data = {
-            "stream_name": "dis-swtest",
-            "sharditerator_type": "TRIM_HORIZON",
-            "polling_interval": 50,
-            "polling_unit": "ms",
-            "batch_size": 10,
-        }
+        data = polling("dis-swtest", batch_size=10)
         trigger_id = await trigger(h, urn, data)
 
-        [line] = await wait_for(check(lambda: ended(out)), "the event")
+        [line] = await wait_until(lambda: ended(out), "the event")
         event = line["event"]
         numbers = [p["sequence_number"] for p in placed]
         assert set(event) == {"ShardID", "Message", "Tag", "StreamName"}
@@ -370,7 +299,7 @@ async def test_event_is_the_documented_shape(tmp_path: Path, prefix: str) -> Non
         assert DISEvent.model_validate(event).dump() == event  # the model's documented form, key for key
 
         await wait_committed(h, urn, trigger_id, {"shardId-0000000000": numbers[-1]})
-        [record] = await records(h, urn)
+        [record] = await h.invocations(urn)
         assert record["trigger_id"] == trigger_id and record["status"] == "SUCCESS"
         assert record["source"] == {
             "stream_name": "dis-swtest",
@@ -390,13 +319,13 @@ async def test_event_is_the_documented_shape(tmp_path: Path, prefix: str) -> Non
 
 
 async def test_batch_size_and_max_fetch_bytes_limits(tmp_path: Path, prefix: str) -> None:
-    async with running(settings(tmp_path, prefix)) as h:
+    async with running(streams_settings(tmp_path, prefix)) as h:
         await create_stream(h, "counted")
         await put_texts(h, "counted", [f"r{i}" for i in range(7)])
         urn, out, _ = await recorder(h, tmp_path, "counted")
         base = {"sharditerator_type": "TRIM_HORIZON", "polling_interval": 50, "polling_unit": "ms"}
         await trigger(h, urn, {"stream_name": "counted", "batch_size": 3, **base})
-        await wait_for(check(lambda: len(texts(out)) == 7), "seven records")
+        await wait_until(lambda: len(texts(out)) == 7, "seven records")
         assert [line["texts"] for line in ended(out)] == [["r0", "r1", "r2"], ["r3", "r4", "r5"], ["r6"]]
 
         # by bytes: 40-byte records, at most 100 bytes a fetch; a 150-byte record can never be fetched
@@ -407,10 +336,10 @@ async def test_batch_size_and_max_fetch_bytes_limits(tmp_path: Path, prefix: str
         trigger_id = await trigger(h, sized, {"stream_name": "sized", "max_fetch_bytes": 100, **base})
 
         async def discarded() -> list[dict[str, Any]]:
-            return [r for r in await records(h, sized) if r["status"] == "DISCARD"]
+            return [r for r in await h.invocations(sized) if r["status"] == "DISCARD"]
 
         dropped = await wait_for(discarded, "the DISCARD records")
-        await wait_for(check(lambda: len(texts(sized_out)) == 5), "the fetchable records")
+        await wait_until(lambda: len(texts(sized_out)) == 5, "the fetchable records")
         assert [line["texts"] for line in ended(sized_out)] == [
             ["a" * 40, "b" * 40],
             ["c" * 40],
@@ -426,19 +355,19 @@ async def test_batch_size_and_max_fetch_bytes_limits(tmp_path: Path, prefix: str
         await wait_committed(h, sized, trigger_id, {"shardId-0000000000": numbers[-1]})
         audit = [a for a in await h.service.store.audit_log(200) if a["action"] == "disRecordDiscarded"]
         assert sorted(a["detail"]["sequence_number"] for a in audit) == sorted([numbers[3], numbers[6]])
-        state = (await get_trigger(h, sized, trigger_id))["state"]
+        state = (await h.get_trigger(sized, CODE, trigger_id))["state"]
         assert state["discarded"] == 2
 
 
 async def _n_discarded(h: Harness, urn: str, n: int) -> list[dict[str, Any]] | None:
-    found = [r for r in await records(h, urn) if r["status"] == "DISCARD"]
+    found = [r for r in await h.invocations(urn) if r["status"] == "DISCARD"]
     return found if len(found) == n else None
 
 
 async def test_trim_horizon_and_latest_on_the_docs_a1_a2_a3_example(tmp_path: Path, prefix: str) -> None:
     """User guide FAQ: A1, A2, A3 uploaded; N days later A1 has expired, A2 and A3 have not.
     TRIM_HORIZON reads from A2; LATEST reads only what comes next."""
-    async with running(settings(tmp_path, prefix)) as h:
+    async with running(streams_settings(tmp_path, prefix)) as h:
         await create_stream(h, "a-records", data_duration=24)
         [a1] = await put_texts(h, "a-records", ["A1"])
         await asyncio.sleep(0.02)
@@ -454,7 +383,7 @@ async def test_trim_horizon_and_latest_on_the_docs_a1_a2_a3_example(tmp_path: Pa
         base = {"stream_name": "a-records", "polling_interval": 50, "polling_unit": "ms"}
         await trigger(h, horizon_urn, {**base, "sharditerator_type": "TRIM_HORIZON"})
         latest_id = await trigger(h, latest_urn, {**base, "sharditerator_type": "LATEST"})
-        await wait_for(check(lambda: texts(horizon_out)), "the TRIM_HORIZON event")
+        await wait_until(lambda: texts(horizon_out), "the TRIM_HORIZON event")
         assert texts(horizon_out) == ["A2", "A3"]
         # GetRecords with a TRIM_HORIZON cursor agrees
         read = await read_shard(h, "a-records", "shardId-0000000000", "TRIM_HORIZON")
@@ -463,8 +392,8 @@ async def test_trim_horizon_and_latest_on_the_docs_a1_a2_a3_example(tmp_path: Pa
         # LATEST started at A3 (pinned when enabled), so it sees only A4
         await wait_committed(h, latest_urn, latest_id, {"shardId-0000000000": a3})
         [a4] = await put_texts(h, "a-records", ["A4"])
-        await wait_for(check(lambda: texts(latest_out)), "the LATEST event")
-        await wait_for(check(lambda: texts(horizon_out) == ["A2", "A3", "A4"]), "A4 on TRIM_HORIZON")
+        await wait_until(lambda: texts(latest_out), "the LATEST event")
+        await wait_until(lambda: texts(horizon_out) == ["A2", "A3", "A4"], "A4 on TRIM_HORIZON")
         assert texts(latest_out) == ["A4"]
         await wait_committed(h, latest_urn, latest_id, {"shardId-0000000000": a4})
 
@@ -478,34 +407,28 @@ async def test_trim_horizon_and_latest_on_the_docs_a1_a2_a3_example(tmp_path: Pa
 
 
 async def test_serial_waits_for_the_previous_batch_and_concurrent_does_not(tmp_path: Path, prefix: str) -> None:
-    async with running(settings(tmp_path, prefix)) as h:
+    async with running(streams_settings(tmp_path, prefix)) as h:
         await create_stream(h, "work")
         serial_urn, serial_out, serial_gate = await recorder(h, tmp_path, "serial")
         conc_urn, conc_out, conc_gate = await recorder(h, tmp_path, "concurrent")
-        base = {
-            "stream_name": "work",
-            "sharditerator_type": "TRIM_HORIZON",
-            "polling_interval": 50,
-            "polling_unit": "ms",
-            "batch_size": 1,
-        }
+        base = polling("work", batch_size=1)
         await trigger(h, serial_urn, {**base, "is_serial": True})
         conc_id = await trigger(h, conc_urn, {**base, "is_serial": "false", "concurrency": 3})
         await put_texts(h, "work", ["BLOCK-0", "m1", "m2"])
 
         # the concurrent trigger runs m1 and m2 while its BLOCK-0 batch is still running ...
-        await wait_for(check(lambda: sorted(texts(conc_out)) == ["m1", "m2"]), "m1, m2 (concurrent)")
+        await wait_until(lambda: sorted(texts(conc_out)) == ["m1", "m2"], "m1, m2 (concurrent)")
         assert texts(conc_out, "start").count("BLOCK-0") == 1 and "BLOCK-0" not in texts(conc_out)
         # ... the serial one has not even fetched m1: its BLOCK-0 batch has not finished
         assert texts(serial_out, "start") == ["BLOCK-0"]
-        state = (await get_trigger(h, conc_urn, conc_id))["state"]
+        state = (await h.get_trigger(conc_urn, CODE, conc_id))["state"]
         assert state["shards"][0]["in_flight"] == 1  # BLOCK-0; its position waits for it
-        assert (await checkpoint(h, conc_urn, conc_id))["shards"][0]["committed_sequence_number"] is None
+        assert (await h.get_checkpoint(conc_urn, CODE, conc_id))["shards"][0]["committed_sequence_number"] is None
 
         serial_gate.touch()
         conc_gate.touch()
-        await wait_for(check(lambda: texts(serial_out) == ["BLOCK-0", "m1", "m2"]), "serial order")
-        order = [(line["kind"], line["texts"][0]) for line in lines(serial_out)]
+        await wait_until(lambda: texts(serial_out) == ["BLOCK-0", "m1", "m2"], "serial order")
+        order = [(line["kind"], line["texts"][0]) for line in read_jsonl(serial_out)]
         assert order == [
             ("start", "BLOCK-0"),
             ("end", "BLOCK-0"),
@@ -514,30 +437,24 @@ async def test_serial_waits_for_the_previous_batch_and_concurrent_does_not(tmp_p
             ("start", "m2"),
             ("end", "m2"),
         ]
-        last = (await checkpoint(h, conc_urn, conc_id))["shards"][0]["latest_sequence_number"]
+        last = (await h.get_checkpoint(conc_urn, CODE, conc_id))["shards"][0]["latest_sequence_number"]
         await wait_committed(h, conc_urn, conc_id, {"shardId-0000000000": last})
 
 
 async def test_restart_resumes_from_the_committed_position(tmp_path: Path, prefix: str) -> None:
     out_urn: str
-    base = {
-        "stream_name": "resume",
-        "sharditerator_type": "TRIM_HORIZON",
-        "polling_interval": 50,
-        "polling_unit": "ms",
-        "batch_size": 2,
-    }
-    async with running(settings(tmp_path, prefix)) as h:
+    base = polling("resume", batch_size=2)
+    async with running(streams_settings(tmp_path, prefix)) as h:
         await create_stream(h, "resume")
         out_urn, out, gate = await recorder(h, tmp_path, "resume")
         trigger_id = await trigger(h, out_urn, base)
         first = await put_texts(h, "resume", ["f0", "f1"])
         await wait_committed(h, out_urn, trigger_id, {"shardId-0000000000": first[-1]})
         await put_texts(h, "resume", ["BLOCK-2", "f3"])
-        await wait_for(check(lambda: "BLOCK-2" in texts(out, "start")), "the blocked batch running")
+        await wait_until(lambda: "BLOCK-2" in texts(out, "start"), "the blocked batch running")
     # the service stopped with BLOCK-2's batch unfinished; its position stays before it
-    async with running(settings(tmp_path, prefix)) as h:
-        [down] = (await checkpoint(h, out_urn, trigger_id))["shards"]
+    async with running(streams_settings(tmp_path, prefix)) as h:
+        [down] = (await h.get_checkpoint(out_urn, CODE, trigger_id))["shards"]
         assert down["committed_sequence_number"] == first[-1]
         later = await put_texts(h, "resume", ["f4", "f5"])
         gate.touch()
@@ -545,56 +462,41 @@ async def test_restart_resumes_from_the_committed_position(tmp_path: Path, prefi
         done = Counter(texts(out))
         assert done["f0"] == 1 and done["f1"] == 1  # committed before the stop: never read again
         assert all(done[t] >= 1 for t in ("BLOCK-2", "f3", "f4", "f5"))  # read again after the restart
-        starts = [line for line in lines(out) if line["kind"] == "start" and "BLOCK-2" in line["texts"]]
+        starts = [line for line in read_jsonl(out) if line["kind"] == "start" and "BLOCK-2" in line["texts"]]
         assert len(starts) >= 2  # once before the stop, again after it
 
 
 async def test_poison_batch_fails_after_its_retries_and_the_shard_moves_on(tmp_path: Path, prefix: str) -> None:
-    async with running(settings(tmp_path, prefix)) as h:
+    async with running(streams_settings(tmp_path, prefix)) as h:
         await create_stream(h, "poison")
         urn, out, _ = await recorder(h, tmp_path, "poisoned")
-        async with h.http.put(
-            h.fgs(f"/functions/{urn}/async-invoke-config"), json={"max_async_retry_attempts": 1}
-        ) as r:
-            assert r.status == 200, await r.text()
+        await h.set_async_config(urn, {"max_async_retry_attempts": 1})
         trigger_id = await trigger(
             h,
             urn,
-            {
-                "stream_name": "poison",
-                "sharditerator_type": "TRIM_HORIZON",
-                "polling_interval": 50,
-                "polling_unit": "ms",
-                "batch_size": 2,
-            },
+            polling("poison", batch_size=2),
         )
         numbers = await put_texts(h, "poison", ["p0", "POISON-1"])
 
         async def failed() -> list[dict[str, Any]]:
-            return await records(h, urn, status="FAIL")
+            return await h.invocations(urn, status="FAIL")
 
         [fail] = await wait_for(failed, "the FAIL record")
         assert fail["source"]["sequence_number"] == numbers[0]
         assert fail["source"]["last_sequence_number"] == numbers[1]
         assert texts(out, "start").count("POISON-1") == 2  # the first attempt and one retry
         later = await put_texts(h, "poison", ["n2", "n3"])
-        await wait_for(check(lambda: texts(out) == ["n2", "n3"]), "the records after the poison")
+        await wait_until(lambda: texts(out) == ["n2", "n3"], "the records after the poison")
         await wait_committed(h, urn, trigger_id, {"shardId-0000000000": later[-1]})
-        state = (await get_trigger(h, urn, trigger_id))["state"]
+        state = (await h.get_trigger(urn, CODE, trigger_id))["state"]
         assert state["finished"] == {"FAIL": 1, "SUCCESS": 1}
 
 
 async def test_trigger_config_errors_updates_and_checkpoints(tmp_path: Path, prefix: str) -> None:
-    async with running(settings(tmp_path, prefix)) as h:
+    async with running(streams_settings(tmp_path, prefix)) as h:
         await create_stream(h, "cfg")
         urn, out, _ = await recorder(h, tmp_path, "cfg")
-        good = {
-            "stream_name": "cfg",
-            "sharditerator_type": "TRIM_HORIZON",
-            "polling_interval": 50,
-            "polling_unit": "ms",
-            "batch_size": 1,
-        }
+        good = polling("cfg", batch_size=1)
         bad: list[tuple[dict[str, Any], str]] = [
             ({**good, "stream_name": "missing"}, "DIS stream 'missing' does not exist"),
             ({**good, "sharditerator_type": "AT_TIMESTAMP"}, "sharditerator_type"),
@@ -607,20 +509,20 @@ async def test_trigger_config_errors_updates_and_checkpoints(tmp_path: Path, pre
             ({**good, "is_serial": "maybe"}, "is_serial"),
         ]
         for data, words in bad:
-            status, error = await create_trigger(h, urn, data)
+            status, error = await h.create_trigger(urn, CODE, data)
             assert status == 400, (data, error)
             assert error["error_code"] == "FSS.0400" and words in error["error_msg"], (data, error)
 
         trigger_id = await trigger(h, urn, good)
         await put_texts(h, "cfg", ["c0", "c1", "c2"])
-        await wait_for(check(lambda: len(ended(out)) == 3), "three single-record batches")
+        await wait_until(lambda: len(ended(out)) == 3, "three single-record batches")
         # editable as documented: batch size, polling period, serial; not the stream or start position
-        status, error = await update_trigger(h, urn, trigger_id, {"event_data": {"stream_name": "other"}})
+        status, error = await h.update_trigger(urn, CODE, trigger_id, {"event_data": {"stream_name": "other"}})
         assert status == 400 and "stream_name" in error["error_msg"], error
-        status, body = await update_trigger(h, urn, trigger_id, {"event_data": {"batch_size": 5}})
+        status, body = await h.update_trigger(urn, CODE, trigger_id, {"event_data": {"batch_size": 5}})
         assert status == 200 and body["event_data"]["batch_size"] == 5, body
         numbers = await put_texts(h, "cfg", ["c3", "c4", "c5"])
-        await wait_for(check(lambda: len(texts(out)) == 6), "the records after the update")
+        await wait_until(lambda: len(texts(out)) == 6, "the records after the update")
         assert ended(out)[-1]["texts"] == ["c3", "c4", "c5"]
         await wait_committed(h, urn, trigger_id, {"shardId-0000000000": numbers[-1]})
 
@@ -629,7 +531,7 @@ async def test_trigger_config_errors_updates_and_checkpoints(tmp_path: Path, pre
             h.fgs(f"/triggers/{urn}/{CODE}/{trigger_id}/checkpoint"), json={"position": "LATEST"}
         ) as r:
             assert r.status == 409
-        status, body = await update_trigger(h, urn, trigger_id, {"trigger_status": "DISABLED"})
+        status, body = await h.update_trigger(urn, CODE, trigger_id, {"trigger_status": "DISABLED"})
         assert status == 200, body
         path = h.fgs(f"/triggers/{urn}/{CODE}/{trigger_id}/checkpoint")
         wrong_bodies: list[tuple[dict[str, Any], str]] = [
@@ -648,9 +550,9 @@ async def test_trigger_config_errors_updates_and_checkpoints(tmp_path: Path, pre
             moved = await resp.json()
             assert resp.status == 200, moved
         assert moved["shards"][0]["committed_sequence_number"] == str(int(numbers[1]) - 1)
-        status, body = await update_trigger(h, urn, trigger_id, {"trigger_status": "ACTIVE"})
+        status, body = await h.update_trigger(urn, CODE, trigger_id, {"trigger_status": "ACTIVE"})
         assert status == 200, body
-        await wait_for(check(lambda: len(texts(out)) == 8), "c4 and c5 again")
+        await wait_until(lambda: len(texts(out)) == 8, "c4 and c5 again")
         assert ended(out)[-1]["texts"] == ["c4", "c5"]
 
 
@@ -658,7 +560,7 @@ async def test_without_redis_dis_is_refused_clearly(tmp_path: Path) -> None:
     async with running(make_settings(tmp_path / "data")) as h:
         urn = await h.create_function("no-redis", NOOP)
         data = {"stream_name": "s", "sharditerator_type": "LATEST", "polling_interval": 1}
-        status, error = await create_trigger(h, urn, data)
+        status, error = await h.create_trigger(urn, CODE, data)
         assert status == 503 and "TRIGGERBUS_STREAMS_REDIS" in error["error_msg"], error
         async with h.http.post(f"/v2/{PROJECT}/streams", json={"stream_name": "s", "partition_count": 1}) as resp:
             assert resp.status == 503
@@ -670,7 +572,7 @@ async def test_without_redis_dis_is_refused_clearly(tmp_path: Path) -> None:
 
 
 async def test_dis_destination_puts_each_outcome_once(tmp_path: Path, prefix: str) -> None:
-    async with running(settings(tmp_path, prefix)) as h:
+    async with running(streams_settings(tmp_path, prefix)) as h:
         await create_stream(h, "outcomes", partitions=2)
         urn = await h.create_function("producer", "def handler(event, context):\n    return {'got': event}\n")
         config = {
@@ -678,8 +580,7 @@ async def test_dis_destination_puts_each_outcome_once(tmp_path: Path, prefix: st
                 "on_success": {"destination": "DIS", "param": json.dumps({"stream_name": "outcomes"})}
             }
         }
-        async with h.http.put(h.fgs(f"/functions/{urn}/async-invoke-config"), json=config) as resp:
-            assert resp.status == 200, await resp.text()
+        await h.set_async_config(urn, config)
         request_id = await h.invoke_async(urn, {"n": 1})
 
         async def delivered() -> dict[str, Any] | None:
@@ -723,75 +624,40 @@ async def test_redis_down_is_a_503_and_leaves_nothing_behind(tmp_path: Path, pre
 
 
 async def test_a_service_without_redis_still_starts_and_names_the_missing_setting(tmp_path: Path, prefix: str) -> None:
-    async with running(settings(tmp_path, prefix)) as h:
+    async with running(streams_settings(tmp_path, prefix)) as h:
         await create_stream(h, "kept")
         urn = await h.create_function("kept", NOOP)
         trigger_id = await trigger(
             h, urn, {"stream_name": "kept", "sharditerator_type": "LATEST", "polling_interval": 1}
         )
     async with running(make_settings(tmp_path / "data")) as h:  # the same data, no TRIGGERBUS_STREAMS_REDIS
-        shown = await get_trigger(h, urn, trigger_id)
+        shown = await h.get_trigger(urn, CODE, trigger_id)
         assert shown["trigger_status"] == "ACTIVE"
         assert "TRIGGERBUS_STREAMS_REDIS" in shown["state"]["last_error"], shown
 
 
-def start_service(data_dir: Path, port: int, prefix: str, log: Path) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "TRIGGERBUS_TOKEN": TOKEN,
-        "TRIGGERBUS_STREAMS_REDIS": REDIS,
-        "TRIGGERBUS_STREAMS_PREFIX": prefix,
-    }
-    out = open(log, "ab")  # noqa: SIM115 - closed with the process
-    return subprocess.Popen(
-        [sys.executable, "-m", "triggerbus.cli", "serve", "--data-dir", str(data_dir), "--port", str(port)],
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
-
-
 async def test_sigkilled_service_resumes_from_the_committed_positions(tmp_path: Path, prefix: str) -> None:
     """A real crash mid-stream: nothing committed is read again, nothing unfinished is lost."""
-    data_dir, log, out = tmp_path / "data", tmp_path / "service.log", tmp_path / "killed.jsonl"
-    port = free_port()
-    root = f"http://127.0.0.1:{port}"
-    urn = f"urn:fss:local:{PROJECT}:function:default:killed:latest"
+    out = tmp_path / "killed.jsonl"
     first = [f"SLOW-{i}" for i in range(300)]
     second = [f"late-{i}" for i in range(50)]
-
-    async def healthy() -> bool:
-        try:
-            async with aiohttp.ClientSession() as http, http.get(root + "/health") as resp:
-                return resp.status == 200
-        except aiohttp.ClientError:
-            return False
-
-    proc = start_service(data_dir, port, prefix, log)
-    try:
-        await wait_for(healthy, "the service to come up")
-        async with aiohttp.ClientSession(base_url=root, headers={"X-Auth-Token": TOKEN}) as http:
-            h = Harness(None, http)  # type: ignore[arg-type]  # only its HTTP helpers: the server is a subprocess
+    streams = {"TRIGGERBUS_STREAMS_REDIS": REDIS, "TRIGGERBUS_STREAMS_PREFIX": prefix}
+    with ServiceProcess(tmp_path / "data", tmp_path / "service.log", **streams) as service:
+        await service.wait_healthy(timeout=WAIT)
+        async with service.harness() as h:
             await create_stream(h, "crash")
-            body = python_function("killed", RECORDER, user_data={"out": str(out), "gate": "-"}, timeout=60)
-            async with http.post(h.fgs("/functions"), json=body) as resp:
-                assert resp.status == 200, await resp.text()
-            data = {"stream_name": "crash", "sharditerator_type": "TRIM_HORIZON", "polling_interval": 20,
-                    "polling_unit": "ms", "batch_size": 5}  # fmt: skip
-            trigger_id = await trigger(h, urn, data)
+            urn = await h.create_function("killed", RECORDER, user_data={"out": str(out), "gate": "-"}, timeout=60)
+            trigger_id = await trigger(h, urn, polling("crash", polling_interval=20, batch_size=5))
             numbers = dict(zip(first, await put_texts(h, "crash", first), strict=True))
-            await wait_for(check(lambda: len(texts(out)) >= 50), "the first batches")
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=10)
+            await wait_until(lambda: len(texts(out)) >= 50, "the first batches")
+            service.kill()
         done_before = set(texts(out))
         assert len(done_before) < len(first), "the kill came too late to interrupt anything"
 
-        proc = start_service(data_dir, port, prefix, log)
-        await wait_for(healthy, "the service to come up again")
-        async with aiohttp.ClientSession(base_url=root, headers={"X-Auth-Token": TOKEN}) as http:
-            h = Harness(None, http)  # type: ignore[arg-type]
-            committed_at_restart = (await checkpoint(h, urn, trigger_id))["shards"][0]["committed_sequence_number"]
+        await service.start_healthy(timeout=WAIT)
+        async with service.harness() as h:
+            shards = (await h.get_checkpoint(urn, CODE, trigger_id))["shards"]
+            committed_at_restart = shards[0]["committed_sequence_number"]
             late = await put_texts(h, "crash", second)
             # the embedded store is this process's alone: it reads on from the committed position at once
             await wait_committed(h, urn, trigger_id, {"shardId-0000000000": late[-1]})
@@ -802,16 +668,11 @@ async def test_sigkilled_service_resumes_from_the_committed_positions(tmp_path: 
         committed = [t for t in first if int(numbers[t]) <= int(committed_at_restart)]
         assert committed and all(got[t] == 1 for t in committed)  # committed before the crash: never run again
         print(json.dumps({"done_before_kill": len(done_before), "duplicates": sum(got.values()) - len(got)}))
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
+        assert service.terminate(timeout=30) == 0
 
 
 async def test_records_that_expired_unread_are_audited_but_idle_time_is_not(tmp_path: Path, prefix: str) -> None:
-    async with running(settings(tmp_path, prefix)) as h:
+    async with running(streams_settings(tmp_path, prefix)) as h:
         await create_stream(h, "lapsed")
         urn, out, _ = await recorder(h, tmp_path, "lapsed")
         [x1] = await put_texts(h, "lapsed", ["x1"])
@@ -826,7 +687,7 @@ async def test_records_that_expired_unread_are_audited_but_idle_time_is_not(tmp_
             return time.time()
 
         async def fetched_since(moment: float) -> bool:
-            shard = (await get_trigger(h, urn, trigger_id))["state"]["shards"][0]
+            shard = (await h.get_trigger(urn, CODE, trigger_id))["state"]["shards"][0]
             last = shard["last_fetch_time"]
             return last is not None and datetime.fromisoformat(last).timestamp() > moment
 
@@ -837,22 +698,22 @@ async def test_records_that_expired_unread_are_audited_but_idle_time_is_not(tmp_
         moved = move_clock_past(x1)
         await wait_for(lambda: fetched_since(moved), "a fetch after the clock moved")
         assert await expired_audits() == []
-        assert (await get_trigger(h, urn, trigger_id))["state"]["expired_gaps"] == 0
+        assert (await h.get_trigger(urn, CODE, trigger_id))["state"]["expired_gaps"] == 0
 
         # put while the trigger is disabled, expired before it is enabled again: gone, and said so
-        status, body = await update_trigger(h, urn, trigger_id, {"trigger_status": "DISABLED"})
+        status, body = await h.update_trigger(urn, CODE, trigger_id, {"trigger_status": "DISABLED"})
         assert status == 200, body
         await asyncio.sleep(0.005)  # x2 gets a later millisecond than the current horizon
         [x2] = await put_texts(h, "lapsed", ["x2"])
         move_clock_past(x2)
-        status, body = await update_trigger(h, urn, trigger_id, {"trigger_status": "ACTIVE"})
+        status, body = await h.update_trigger(urn, CODE, trigger_id, {"trigger_status": "ACTIVE"})
         assert status == 200, body
         [entry] = await wait_for(expired_audits, "the audit entry of the expired record")
         assert entry["resource"] == trigger_id
         assert entry["detail"]["stream_name"] == "lapsed" and entry["detail"]["shard_id"] == "shardId-0000000000"
         assert entry["detail"]["after_sequence_number"] == x1
         assert int(x2) < int(entry["detail"]["horizon_sequence_number"])
-        assert (await get_trigger(h, urn, trigger_id))["state"]["expired_gaps"] == 1
+        assert (await h.get_trigger(urn, CODE, trigger_id))["state"]["expired_gaps"] == 1
         [x3] = await put_texts(h, "lapsed", ["x3"])
         await wait_committed(h, urn, trigger_id, {"shardId-0000000000": x3})
         assert texts(out) == ["x3"]  # x2 expired unread; x1 came before the trigger

@@ -8,10 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -20,7 +16,8 @@ import aiohttp
 import pytest
 from cryptography.fernet import Fernet
 
-from tests.integration.conftest import PROJECT, ROOT, TOKEN, free_port
+from tests.integration.conftest import PROJECT, TOKEN
+from tests.support.service import ServiceProcess, wait_all_finished
 from tests.support.zips import python_function
 
 pytestmark = pytest.mark.integration
@@ -36,53 +33,30 @@ def handler(event, context):
 """
 
 
-def start(
-    data_dir: Path, port: int, bus: str, store: str, app_id: str, secret: str, log: Path
-) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "TRIGGERBUS_TOKEN": TOKEN,
-        "TRIGGERBUS_SECRET_KEY": secret,
-        "TRIGGERBUS_KAFKA_APP_ID": app_id,
-        "TRIGGERBUS_MONGO_DATABASE": app_id,
-        "TRIGGERBUS_KAFKA_SESSION_TIMEOUT_S": "6",
-        "TRIGGERBUS_KAFKA_FETCH_MAX_WAIT_MS": "50",
-        "TRIGGERBUS_RETRY_BASE_S": "0.2",
-    }
-    out = open(log, "ab")  # noqa: SIM115 - closed with the process
-    return subprocess.Popen(
-        [sys.executable, "-m", "triggerbus.cli", "serve", "--data-dir", str(data_dir), "--port", str(port),
-         "--bus", bus, "--store", store],
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        env=env,
-    )  # fmt: skip
+def service(tmp_path: Path, name: str, bus: str, store: str, app_id: str, secret: str) -> ServiceProcess:
+    """A (not yet started) service process ``name`` of the shared Kafka bus and MongoDB store."""
+    return ServiceProcess(
+        tmp_path / f"data-{name}",
+        tmp_path / f"{name}.log",
+        "--bus",
+        bus,
+        "--store",
+        store,
+        TRIGGERBUS_SECRET_KEY=secret,
+        TRIGGERBUS_KAFKA_APP_ID=app_id,
+        TRIGGERBUS_MONGO_DATABASE=app_id,
+        TRIGGERBUS_KAFKA_SESSION_TIMEOUT_S="6",
+        TRIGGERBUS_KAFKA_FETCH_MAX_WAIT_MS="50",
+        TRIGGERBUS_RETRY_BASE_S="0.2",
+    )
 
 
-async def healthy(base: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as http:
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, log.read_text()[-3000:]
-            try:
-                async with http.get(base + "/health") as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.2)
-    raise AssertionError(f"{base} never became healthy:\n{log.read_text()[-3000:]}")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+async def start_all(services: list[ServiceProcess]) -> None:
+    """Start every process, then wait until each is healthy (they join one Kafka group: slow)."""
+    for s in services:
+        s.start()
+    for s in services:
+        await s.wait_healthy(timeout=90, interval=0.2)
 
 
 async def test_two_processes_share_work_and_survive_a_sigkill(
@@ -91,14 +65,12 @@ async def test_two_processes_share_work_and_survive_a_sigkill(
     app_id = f"tbd{uuid.uuid4().hex[:8]}"
     secret = Fernet.generate_key().decode()
     bus, ledger = f"kafka://{kafka_bootstrap}", tmp_path / "ledger.txt"
-    ports = [free_port(), free_port()]
-    logs = [tmp_path / "a.log", tmp_path / "b.log"]
-    procs = [start(tmp_path / f"data-{i}", ports[i], bus, mongo_uri, app_id, secret, logs[i]) for i in range(2)]
-    bases = [f"http://127.0.0.1:{p}" for p in ports]
+    services = [service(tmp_path, name, bus, mongo_uri, app_id, secret) for name in ("a", "b")]
+    bases = [s.base for s in services]
+    logs = [s.log for s in services]
     urn = f"urn:fss:local:{PROJECT}:function:default:worker:latest"
     try:
-        for base, proc, log in zip(bases, procs, logs, strict=True):
-            await healthy(base, proc, log)
+        await start_all(services)
         accepted: list[str] = []
         async with aiohttp.ClientSession(headers={"X-Auth-Token": TOKEN}) as http:
             body = python_function("worker", WORKER, max_instance_num=4)
@@ -129,24 +101,14 @@ async def test_two_processes_share_work_and_survive_a_sigkill(
                 await asyncio.sleep(0.5)
             producers = [asyncio.create_task(submit(submitted + i)) for i in range(200)]
             await asyncio.sleep(0.3)
-            procs[1].send_signal(signal.SIGKILL)
-            procs[1].wait(timeout=10)
+            services[1].kill()
             await asyncio.gather(*producers)
             assert accepted
 
-            pending = set(accepted)
-            statuses: dict[str, str] = {}
-            deadline = time.monotonic() + 180
-            while pending and time.monotonic() < deadline:
-                for rid in list(pending):
-                    async with http.get(f"{bases[0]}/v2/{PROJECT}/fgs/functions/{urn}/async-invocations/{rid}") as resp:
-                        if resp.status == 200:
-                            record = await resp.json()
-                            if record["status"] in ("SUCCESS", "FAIL", "DISCARD"):
-                                statuses[rid] = record["status"]
-                                pending.discard(rid)
-                if pending:
-                    await asyncio.sleep(0.5)
+            def record_url(rid: str) -> str:
+                return f"{services[0].fgs}/functions/{urn}/async-invocations/{rid}"
+
+            statuses, pending = await wait_all_finished(http, record_url, accepted, timeout=180, interval=0.5)
             failed = [rid for rid, status in statuses.items() if status != "SUCCESS"]
             reasons = [await record_of(http, bases[0], urn, rid) for rid in failed[:3]]
         assert not pending, f"{len(pending)} of {len(accepted)} accepted invocations never finished"
@@ -156,8 +118,8 @@ async def test_two_processes_share_work_and_survive_a_sigkill(
         duplicates = len(runs) - len(set(runs))
         print(json.dumps({"accepted": len(accepted), "runs": len(runs), "duplicates": duplicates}))
     finally:
-        for proc in procs:
-            stop(proc)
+        for s in services:
+            s.stop(timeout=30)
 
 
 COLLECTOR = """
@@ -196,15 +158,13 @@ async def test_a_kafka_trigger_spread_over_two_processes_survives_a_sigkill(
     await admin.create_topics([NewTopic(topic, num_partitions=4, replication_factor=1)])
     await admin.close()
 
-    ports = [free_port(), free_port()]
-    logs = [tmp_path / "a.log", tmp_path / "b.log"]
     bus = f"kafka://{kafka_bootstrap}"
-    procs = [start(tmp_path / f"d{i}", ports[i], bus, mongo_uri, app_id, secret, logs[i]) for i in range(2)]
-    bases = [f"http://127.0.0.1:{p}" for p in ports]
+    services = [service(tmp_path, name, bus, mongo_uri, app_id, secret) for name in ("a", "b")]
+    bases = [s.base for s in services]
+    logs = [s.log for s in services]
     urn = f"urn:fss:local:{PROJECT}:function:default:collector:latest"
     try:
-        for base, proc, log in zip(bases, procs, logs, strict=True):
-            await healthy(base, proc, log)
+        await start_all(services)
         async with aiohttp.ClientSession(headers={"X-Auth-Token": TOKEN}) as http:
             body = python_function("collector", COLLECTOR, user_data={"out": str(out)})
             async with http.post(f"{bases[0]}/v2/{PROJECT}/fgs/functions", json=body) as resp:
@@ -252,8 +212,7 @@ async def test_a_kafka_trigger_spread_over_two_processes_survives_a_sigkill(
                     # half-way: B has work in flight; kill it
                     while not out.exists() or len(out.read_text().split()) < 50:
                         await asyncio.sleep(0.1)
-                    procs[1].send_signal(signal.SIGKILL)
-                    procs[1].wait(timeout=10)
+                    services[1].kill()
             await producer.stop()
 
             deadline = time.monotonic() + 180
@@ -311,5 +270,5 @@ async def test_a_kafka_trigger_spread_over_two_processes_survives_a_sigkill(
                 assert time.monotonic() < deadline, statuses
                 await asyncio.sleep(0.5)
     finally:
-        for proc in procs:
-            stop(proc)
+        for s in services:
+            s.stop(timeout=30)

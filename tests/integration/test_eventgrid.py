@@ -9,13 +9,10 @@ oversized bodies and events get a 413 FSS body; the ingress needs the management
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import copy
 import json
-import time
 import uuid
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,24 +20,16 @@ import pytest
 
 from connectors.eventgrid import obs_record_to_cloudevent
 from tests.integration.conftest import Harness
+from tests.support.recording import REQUEST_RECORDER, read_jsonl
+from tests.support.waiting import bounded_waits
 from tests.unit.test_eventgrid_events import s3_record_of_the_real_sample
 
 pytestmark = pytest.mark.integration
 
 WAIT = 30.0
+wait_for, _ = bounded_waits(WAIT, interval=0.05)
 STRUCTURED = {"Content-Type": "application/cloudevents+json"}
 BATCH = {"Content-Type": "application/cloudevents-batch+json"}
-
-# Appends {"event", "request_id"} as one JSON line to the file named by user_data "out".
-RECORDER = """
-import json, os
-def handler(event, context):
-    line = json.dumps({"event": event, "request_id": context.getRequestID()})
-    fd = os.open(context.getUserData("out"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    os.write(fd, (line + "\\n").encode())
-    os.close(fd)
-    return "ok"
-"""
 
 
 # -- helpers ---------------------------------------------------------------------------------------------
@@ -54,35 +43,14 @@ def cloud_event(**extra: Any) -> dict[str, Any]:
     return {"specversion": "1.0", "id": unique("e-"), "source": "shop/orders", "type": "order.created", **extra}
 
 
-async def eventually(check: Callable[[], Awaitable[Any]], what: str, timeout: float = WAIT) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
-def read_lines(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 async def recorder(h: Harness, tmp_path: Path) -> tuple[str, Path]:
-    out = tmp_path / f"{unique('events-')}.jsonl"
-    urn = await h.create_function(unique("eg"), RECORDER, user_data={"out": str(out)})
-    return urn, out
+    """A new REQUEST_RECORDER function: its URN and output file."""
+    return await h.create_recorder(unique("eg"), REQUEST_RECORDER, tmp_path)
 
 
 async def create_trigger(h: Harness, urn: str, event_data: dict[str, Any]) -> str:
-    body = {"trigger_type_code": "EVENTGRID", "event_data": event_data}
-    async with h.http.post(h.fgs(f"/triggers/{urn}"), json=body) as resp:
-        result = await resp.json()
-        assert resp.status == 201, result
-    return str(result["trigger_id"])
+    """An EVENTGRID trigger of ``urn`` (asserting 201): its id."""
+    return str((await h.add_trigger(urn, "EVENTGRID", event_data))["trigger_id"])
 
 
 async def post(
@@ -101,7 +69,7 @@ async def delivered(h: Harness, urn: str, out: Path, response: dict[str, Any]) -
     for request_id in request_ids:
         record = await h.wait_terminal(urn, request_id)
         assert record["status"] == "SUCCESS", record
-    by_id = {line["request_id"]: line["event"] for line in read_lines(out)}
+    by_id = {line["request_id"]: line["event"] for line in read_jsonl(out)}
     return [by_id[rid] for rid in request_ids]
 
 
@@ -195,8 +163,8 @@ async def test_event_types_and_channels_decide_who_is_invoked(harness: Harness, 
     response = await post(harness, channel, json.dumps([created, cancelled]), BATCH)
     assert [e["matched_triggers"] for e in response["events"]] == [2, 1]
     await _wait_all(harness, response, [created_urn, any_urn])
-    assert [line["event"]["type"] for line in read_lines(created_out)] == ["order.created"]
-    assert sorted(line["event"]["type"] for line in read_lines(any_out)) == ["order.cancelled", "order.created"]
+    assert [line["event"]["type"] for line in read_jsonl(created_out)] == ["order.created"]
+    assert sorted(line["event"]["type"] for line in read_jsonl(any_out)) == ["order.cancelled", "order.created"]
     elsewhere = await post(harness, unique("other-"), json.dumps(cloud_event()), STRUCTURED)
     assert elsewhere["events"][0]["matched_triggers"] == 0
 
@@ -212,7 +180,7 @@ async def _wait_all(h: Harness, response: dict[str, Any], urns: list[str]) -> No
                         return True
             return False
 
-        await eventually(finished, f"invocation {request_id}")
+        await wait_for(finished, f"invocation {request_id}")
 
 
 async def test_obs_events_filter_on_bucket_prefix_suffix_and_decode_keys(harness: Harness, tmp_path: Path) -> None:
@@ -240,7 +208,7 @@ async def test_obs_events_filter_on_bucket_prefix_suffix_and_decode_keys(harness
     expected["data"]["obs"]["object"]["key"] = "photos/cat 1.jpg"
     expected["subject"] = "photos/cat 1.jpg"
     assert got == expected
-    assert read_lines(docs_out) == []
+    assert read_jsonl(docs_out) == []
 
 
 async def test_a_resent_event_runs_once(harness: Harness, tmp_path: Path) -> None:
@@ -257,8 +225,8 @@ async def test_a_resent_event_runs_once(harness: Harness, tmp_path: Path) -> Non
     async def skipped() -> bool:
         return bool(harness.service.invoker.stats["duplicates"] > duplicates)
 
-    await eventually(skipped, "the invoker to skip the resent event")
-    assert len(read_lines(out)) == 1
+    await wait_for(skipped, "the invoker to skip the resent event")
+    assert len(read_jsonl(out)) == 1
 
 
 # -- errors ------------------------------------------------------------------------------------------------------

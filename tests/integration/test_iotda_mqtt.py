@@ -22,7 +22,6 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,30 +30,22 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from bus.memory import MemoryBus
-from connectors.base import ConnectorContext, TriggerSpec
+from connectors.base import TriggerSpec
 from connectors.iotda import IoTDAConnector, LinkConfig, MqttLink, MqttMessage, client_id_for
 from invoker.completion import CompletionHub
-from invoker.ingest import Ingest
 from tests.integration.conftest import ROOT, Harness, free_port, make_settings, running
+from tests.support.connectors import node_context
+from tests.support.recording import REQUEST_RECORDER, wait_lines
+from tests.support.waiting import bounded_waits
 from tests.unit.test_event_schemas import golden
 from triggerbus.store.sqlite import SQLiteStore
 
 pytestmark = pytest.mark.integration
 
 BROKER = "127.0.0.1:1883"
+CODE = "IOTDA"
 WAIT = 30.0
-
-# Appends {"event", "request_id"} as one JSON line to the file named by user_data "out".
-RECORDER = """
-import json, os
-def handler(event, context):
-    line = json.dumps({"event": event, "request_id": context.getRequestID()})
-    fd = os.open(context.getUserData("out"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    os.write(fd, (line + "\\n").encode())
-    os.close(fd)
-    return "ok"
-"""
+wait_for, _ = bounded_waits(WAIT, interval=0.05)
 GCJ02_FUNCTION = (ROOT / "tests" / "functions" / "iot_gcj02.py").read_text()
 IOTDA_TIME = re.compile(r"^\d{8}T\d{6}Z$")
 IOTDA_TIME_MS = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
@@ -86,66 +77,24 @@ async def publish(topic: str, payload: bytes | str | dict[str, Any], qos: int = 
     await asyncio.to_thread(publish_sync, topic, data, qos)
 
 
-async def eventually(check: Callable[[], Awaitable[Any]], what: str, timeout: float = WAIT) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
-def read_lines(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-async def wait_lines(path: Path, count: int, timeout: float = WAIT) -> list[dict[str, Any]]:
-    async def enough() -> list[dict[str, Any]] | None:
-        lines = read_lines(path)
-        return lines if len(lines) >= count else None
-
-    return list(await eventually(enough, f"{count} line(s) in {path.name}", timeout))
-
-
 async def create_trigger(h: Harness, urn: str, event_data: dict[str, Any], status: int = 201) -> dict[str, Any]:
-    body = {"trigger_type_code": "IOTDA", "event_data": {"session_expiry_s": 60, **event_data}}
-    async with h.http.post(h.fgs(f"/triggers/{urn}"), json=body) as resp:
-        result = dict(await resp.json())
-        assert resp.status == status, result
-    return result
-
-
-def trigger_path(h: Harness, urn: str, trigger_id: str) -> str:
-    return h.fgs(f"/triggers/{urn}/IOTDA/{trigger_id}")
-
-
-async def trigger_state(h: Harness, urn: str, trigger_id: str) -> dict[str, Any]:
-    async with h.http.get(trigger_path(h, urn, trigger_id)) as resp:
-        assert resp.status == 200, await resp.text()
-        return dict((await resp.json()).get("state", {}))
+    """An IOTDA trigger of ``urn`` (sessions kept 60 s unless said), asserting the answer's ``status``."""
+    answer, result = await h.create_trigger(urn, CODE, {"session_expiry_s": 60, **event_data})
+    assert answer == status, result
+    return dict(result)
 
 
 async def wait_subscribed(h: Harness, urn: str, trigger_id: str) -> dict[str, Any]:
     async def subscribed() -> dict[str, Any] | None:
-        state = await trigger_state(h, urn, trigger_id)
+        state = await h.trigger_state(urn, CODE, trigger_id)
         return state if state.get("subscribed") else None
 
-    return dict(await eventually(subscribed, f"trigger {trigger_id} to subscribe"))
-
-
-async def set_status(h: Harness, urn: str, trigger_id: str, status: str) -> None:
-    async with h.http.put(trigger_path(h, urn, trigger_id), json={"trigger_status": status}) as resp:
-        assert resp.status == 200, await resp.text()
+    return dict(await wait_for(subscribed, f"trigger {trigger_id} to subscribe"))
 
 
 async def recorder(h: Harness, tmp_path: Path) -> tuple[str, Path]:
-    out = tmp_path / f"{unique('events-')}.jsonl"
-    urn = await h.create_function(unique("iot"), RECORDER, user_data={"out": str(out)})
-    return urn, out
+    """A new REQUEST_RECORDER function: its URN and output file."""
+    return await h.create_recorder(unique("iot"), REQUEST_RECORDER, tmp_path)
 
 
 def without_times(event: dict[str, Any]) -> dict[str, Any]:
@@ -285,11 +234,11 @@ async def test_messages_published_while_disabled_arrive_after_enabling(harness: 
     await publish(topic, {"n": 1})
     await wait_lines(out, 1)
 
-    await set_status(harness, urn, trigger_id, "DISABLED")
-    assert await trigger_state(harness, urn, trigger_id) == {}  # the connector left the broker
+    await harness.set_trigger_status(urn, CODE, trigger_id, "DISABLED")
+    assert await harness.trigger_state(urn, CODE, trigger_id) == {}  # the connector left the broker
     for n in (2, 3):
         await publish(topic, {"n": n}, qos=1)
-    await set_status(harness, urn, trigger_id, "ACTIVE")
+    await harness.set_trigger_status(urn, CODE, trigger_id, "ACTIVE")
     lines = await wait_lines(out, 3)
     contents = [line["event"]["notify_data"]["body"]["content"] for line in lines]
     assert sorted(contents, key=lambda c: c["n"]) == [{"n": 1}, {"n": 2}, {"n": 3}]  # (invocations run concurrently)
@@ -341,7 +290,7 @@ async def test_an_unacked_message_is_sent_again_after_a_reconnect() -> None:
         async def ready() -> bool:
             return link.subscribed
 
-        await eventually(ready, "the link to subscribe")
+        await wait_for(ready, "the link to subscribe")
         return link
 
     link = await connected_link()
@@ -386,19 +335,7 @@ class GatedInvocations:
 
 
 def connector_with(store: SQLiteStore, invocations: GatedInvocations, node: str) -> IoTDAConnector:
-    bus, completion = MemoryBus(), CompletionHub()
-    ctx = ConnectorContext(
-        bus=bus,
-        state=store,
-        invocations=invocations,
-        completion=completion,
-        ingest=Ingest(bus, store, completion),
-        region="local",
-        default_tz="UTC",
-        node_id=node,
-        options={"mqtt_lease_ttl_s": 2.0},
-    )
-    return IoTDAConnector(ctx)
+    return IoTDAConnector(node_context(store, node, CompletionHub(), invocations=invocations, mqtt_lease_ttl_s=2.0))
 
 
 async def test_a_message_is_acked_only_once_its_invocation_is_durable(store: SQLiteStore) -> None:
@@ -419,13 +356,13 @@ async def test_a_message_is_acked_only_once_its_invocation_is_durable(store: SQL
     async def subscribed(connector: IoTDAConnector) -> bool:
         return bool(connector.status(spec.trigger_id).get("subscribed"))
 
-    await eventually(lambda: subscribed(first), "the first run to subscribe")
+    await wait_for(lambda: subscribed(first), "the first run to subscribe")
     await publish(topic, {"n": 1})
 
     async def enqueuing() -> bool:
         return bool(stuck.started)
 
-    await eventually(enqueuing, "the first run to start enqueuing")
+    await wait_for(enqueuing, "the first run to start enqueuing")
     await first.close()  # never returned from enqueue: nothing was acked
     assert stuck.accepted == []
 
@@ -437,7 +374,7 @@ async def test_a_message_is_acked_only_once_its_invocation_is_durable(store: SQL
     async def redelivered() -> bool:
         return bool(working.accepted)
 
-    await eventually(redelivered, "the message to come again")
+    await wait_for(redelivered, "the message to come again")
     assert working.accepted[0]["notify_data"]["body"]["content"] == {"n": 1}
     await second.close()
 
@@ -465,22 +402,22 @@ async def test_one_process_at_a_time_holds_a_triggers_session(store: SQLiteStore
         subscribed = [n for n, c in connectors.items() if c.status(spec.trigger_id)["subscribed"]]
         return holders[0] if len(holders) == 1 and subscribed == holders else None
 
-    holder = await eventually(one_holder, "one process to hold the session")
+    holder = await wait_for(one_holder, "one process to hold the session")
     other = next(n for n in connectors if n != holder)
     await publish(topic, {"n": 1})
 
     async def delivered_to(node: str, count: int) -> bool:
         return len(sinks[node].accepted) >= count
 
-    await eventually(lambda: delivered_to(holder, 1), "the holder to get the message")
+    await wait_for(lambda: delivered_to(holder, 1), "the holder to get the message")
     await connectors[holder].close()
 
     async def took_over() -> bool:
         return bool(connectors[other].status(spec.trigger_id)["subscribed"])
 
-    await eventually(took_over, "the other process to take the session over")
+    await wait_for(took_over, "the other process to take the session over")
     await publish(topic, {"n": 2})
-    await eventually(lambda: delivered_to(other, 1), "the other process to get the next message")
+    await wait_for(lambda: delivered_to(other, 1), "the other process to get the next message")
     assert [e["notify_data"]["body"]["content"] for e in sinks[holder].accepted] == [{"n": 1}]
     assert [e["notify_data"]["body"]["content"] for e in sinks[other].accepted] == [{"n": 2}]
     await connectors[other].close()
@@ -547,10 +484,10 @@ async def test_a_broker_restart_is_survived(harness: Harness, tmp_path: Path) ->
     trigger_id = trigger["trigger_id"]
 
     async def unreachable() -> bool:
-        error = (await trigger_state(harness, urn, trigger_id)).get("last_error") or ""
+        error = (await harness.trigger_state(urn, CODE, trigger_id)).get("last_error") or ""
         return error.startswith(f"cannot reach the MQTT broker at {broker.address}")
 
-    await eventually(unreachable, "the trigger to report the broker unreachable")
+    await wait_for(unreachable, "the trigger to report the broker unreachable")
     try:
         broker.start()
         await wait_subscribed(harness, urn, trigger_id)
@@ -559,9 +496,9 @@ async def test_a_broker_restart_is_survived(harness: Harness, tmp_path: Path) ->
         await asyncio.to_thread(broker.stop)
 
         async def disconnected() -> bool:
-            return not (await trigger_state(harness, urn, trigger_id))["connected"]
+            return not (await harness.trigger_state(urn, CODE, trigger_id))["connected"]
 
-        await eventually(disconnected, "the trigger to notice the broker is gone")
+        await wait_for(disconnected, "the trigger to notice the broker is gone")
         await asyncio.to_thread(broker.start)
         await asyncio.to_thread(publish_to, broker.port, topic, '{"n": 2}')  # before the trigger is back
         lines = await wait_lines(out, 2)
@@ -590,7 +527,7 @@ async def test_a_malformed_property_report_is_recorded_and_skipped(harness: Harn
     assert record["error_code"] == 4400
     assert "services.0.service_id" in record["error_message"]
     assert record["source"]["topic"] == topic
-    state = await trigger_state(harness, urn, trigger["trigger_id"])
+    state = await harness.trigger_state(urn, CODE, trigger["trigger_id"])
     assert (state["rejected"], state["delivered"]) == (1, 1)
 
 
@@ -660,7 +597,7 @@ async def test_the_password_is_encrypted_at_rest_and_never_returned(harness: Har
     )
     assert trigger["event_data"]["password"] == "******"
     assert trigger["event_data"]["username"] == "device-user"
-    async with harness.http.get(trigger_path(harness, urn, trigger["trigger_id"])) as resp:
+    async with harness.http.get(harness.trigger_path(urn, CODE, trigger["trigger_id"])) as resp:
         text = await resp.text()
     assert secret not in text
     assert json.loads(text)["event_data"]["password"] == "******"

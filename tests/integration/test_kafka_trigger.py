@@ -18,7 +18,7 @@ import json
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,38 +27,22 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 import connectors.kafka as kafka_connector
-from bus.memory import MemoryBus
-from connectors.base import ConnectorContext, TriggerSpec
+from connectors.base import TriggerSpec
 from invoker.completion import Completion, CompletionHub
 from invoker.envelope import StreamItem
 from schemas.records import AsyncStatus
-from tests.integration.conftest import Harness, free_port, make_settings, running
+from tests.integration.conftest import Harness, failures_to_function, free_port, make_settings, running
+from tests.support.connectors import node_context
+from tests.support.recording import BATCH_RECORDER, batch_messages, read_jsonl
+from tests.support.waiting import bounded_waits
 from triggerbus.store.sqlite import SQLiteStore
 
 pytestmark = pytest.mark.integration
 
 TUNING = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000, "fetch_max_wait_ms": 50}
 WAIT = 60.0  # generous: tansu group joins take seconds
+wait_for, _ = bounded_waits(WAIT)
 
-# Appends each event it gets (one JSON line) to the file named by user_data "out". A batch with a
-# message starting "BLOCK" waits for the file named by user_data "gate" (at most 8 s); one with a
-# message starting "POISON" fails after being recorded.
-RECORDER = """
-import json, os, time
-def handler(event, context):
-    messages = [m for r in event.get("records", []) for m in r.get("messages", [])]
-    if any(m.startswith("BLOCK") for m in messages):
-        gate = context.getUserData("gate")
-        deadline = time.time() + 8
-        while not os.path.exists(gate) and time.time() < deadline:
-            time.sleep(0.05)
-    fd = os.open(context.getUserData("out"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    os.write(fd, (json.dumps(event) + "\\n").encode())
-    os.close(fd)
-    if any(m.startswith("POISON") for m in messages):
-        raise ValueError("poison message")
-    return "ok"
-"""
 SINK = "def handler(event, context):\n    return event\n"
 
 
@@ -100,83 +84,20 @@ async def produce(
         await producer.stop()
 
 
-async def wait_for(check: Callable[[], Awaitable[Any]], what: str, timeout: float = WAIT) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
-
-
-def events_in(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def messages_in(path: Path) -> list[str]:
-    return [m for event in events_in(path) for record in event["records"] for m in record["messages"]]
-
-
-async def create_trigger(h: Harness, urn: str, code: str, event_data: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    async with h.http.post(
-        h.fgs(f"/triggers/{urn}"), json={"trigger_type_code": code, "event_data": event_data}
-    ) as resp:
-        return resp.status, await resp.json()
-
-
-async def set_status(h: Harness, urn: str, code: str, trigger_id: str, status: str) -> dict[str, Any]:
-    async with h.http.put(h.fgs(f"/triggers/{urn}/{code}/{trigger_id}"), json={"trigger_status": status}) as resp:
-        body = await resp.json()
-        assert resp.status == 200, body
-        return dict(body)
-
-
-async def get_trigger(h: Harness, urn: str, code: str, trigger_id: str) -> dict[str, Any]:
-    async with h.http.get(h.fgs(f"/triggers/{urn}/{code}/{trigger_id}")) as resp:
-        assert resp.status == 200
-        return dict(await resp.json())
-
-
-async def get_checkpoint(h: Harness, urn: str, code: str, trigger_id: str) -> dict[str, Any]:
-    async with h.http.get(h.fgs(f"/triggers/{urn}/{code}/{trigger_id}/checkpoint")) as resp:
-        body = await resp.json()
-        assert resp.status == 200, body
-        return dict(body)
-
-
-async def put_checkpoint(
-    h: Harness, urn: str, code: str, trigger_id: str, body: dict[str, Any]
-) -> tuple[int, dict[str, Any]]:
-    async with h.http.put(h.fgs(f"/triggers/{urn}/{code}/{trigger_id}/checkpoint"), json=body) as resp:
-        return resp.status, await resp.json()
-
-
-async def records(h: Harness, urn: str, **query: str) -> list[dict[str, Any]]:
-    async with h.http.get(h.fgs(f"/functions/{urn}/async-invocations"), params={"limit": "500", **query}) as resp:
-        body = await resp.json()
-        assert resp.status == 200, body
-        return list(body["invocations"])
-
-
 def committed(checkpoint: dict[str, Any]) -> dict[tuple[str, int], int | None]:
     return {(p["topic"], p["partition"]): p["committed"] for p in checkpoint["partitions"]}
 
 
 async def wait_committed(h: Harness, urn: str, code: str, trigger_id: str, want: dict[tuple[str, int], int]) -> None:
     async def check() -> bool:
-        return committed(await get_checkpoint(h, urn, code, trigger_id)) == want
+        return committed(await h.get_checkpoint(urn, code, trigger_id)) == want
 
     await wait_for(check, f"committed offsets {want}")
 
 
 async def recorder(h: Harness, tmp_path: Path, name: str, **extra: Any) -> tuple[str, Path]:
-    out = tmp_path / f"{name}.jsonl"
-    user_data = {"out": str(out), "gate": str(tmp_path / f"{name}.gate")}
-    return await h.create_function(name, RECORDER, user_data=user_data, **extra), out
+    """BATCH_RECORDER as function ``name`` (gate file ``tmp_path/<name>.gate``): its URN and output file."""
+    return await h.create_recorder(name, BATCH_RECORDER, tmp_path, "gate", **extra)
 
 
 # -- tests -----------------------------------------------------------------------------------------------
@@ -187,8 +108,7 @@ async def test_events_batches_binary_payloads_and_records(tmp_path: Path, kafka_
     await create_topics(kafka_bootstrap, [topic_a, topic_b], partitions=2)
     async with running(make_settings(tmp_path / "data")) as h:
         urn, out = await recorder(h, tmp_path, "kfk")
-        status, trigger = await create_trigger(
-            h,
+        status, trigger = await h.create_trigger(
             urn,
             "OPENSOURCEKAFKA",
             {
@@ -202,7 +122,7 @@ async def test_events_batches_binary_payloads_and_records(tmp_path: Path, kafka_
         assert trigger["trigger_status"] == "DISABLED"  # OPENSOURCEKAFKA triggers start disabled
         assert trigger["event_data"]["start_position"] == "LATEST"
         trigger_id = trigger["trigger_id"]
-        await set_status(h, urn, "OPENSOURCEKAFKA", trigger_id, "ACTIVE")
+        await h.set_trigger_status(urn, "OPENSOURCEKAFKA", trigger_id, "ACTIVE")
 
         binary = b"\xff\xfe\x00\x01binary"
         texts_a = [f"a-{i}" for i in range(30)]
@@ -218,12 +138,12 @@ async def test_events_batches_binary_payloads_and_records(tmp_path: Path, kafka_
         expected = Counter(texts_a + texts_b)
 
         async def all_arrived() -> bool:
-            got = Counter(messages_in(out))
-            return all(got[m] >= n for m, n in expected.items()) and len(messages_in(out)) >= 62
+            got = Counter(batch_messages(out))
+            return all(got[m] >= n for m, n in expected.items()) and len(batch_messages(out)) >= 62
 
         await wait_for(all_arrived, "every produced message")
 
-        events = events_in(out)
+        events = read_jsonl(out)
         for event in events:
             assert set(event) == {"event_version", "event_time", "trigger_type", "region", "instance_id", "records"}
             assert event["event_version"] == "v1.0"
@@ -249,11 +169,11 @@ async def test_events_batches_binary_payloads_and_records(tmp_path: Path, kafka_
 
         # every batch is an async record with its source coordinates
         async def all_success() -> list[dict[str, Any]] | None:
-            found = await records(h, urn, trigger_id=trigger_id)
+            found = await h.invocations(urn, trigger_id=trigger_id)
             return found if found and all(r["status"] == "SUCCESS" for r in found) else None
 
         found = await wait_for(all_success, "SUCCESS records")
-        assert len(found) == len(events_in(out))
+        assert len(found) == len(read_jsonl(out))
         for record in found:
             assert record["trigger_type"] == "OPENSOURCEKAFKA"
             source = record["source"]
@@ -262,8 +182,7 @@ async def test_events_batches_binary_payloads_and_records(tmp_path: Path, kafka_
             assert 1 <= source["count"] <= 10
         # records can be searched by source coordinates
         first = found[0]["source"]
-        by_source = await records(
-            h,
+        by_source = await h.invocations(
             urn,
             **{
                 "source.topic": first["topic"],
@@ -275,16 +194,16 @@ async def test_events_batches_binary_payloads_and_records(tmp_path: Path, kafka_
 
         # offsets are committed once everything finished
         ends: dict[tuple[str, int], int] = {}
-        checkpoint = await get_checkpoint(h, urn, "OPENSOURCEKAFKA", trigger_id)
+        checkpoint = await h.get_checkpoint(urn, "OPENSOURCEKAFKA", trigger_id)
         assert checkpoint["group"] == f"triggerbus-{trigger_id}"
         for p in checkpoint["partitions"]:
             ends[(p["topic"], p["partition"])] = p["end_offset"]
         assert sum(ends.values()) == 62 and len(ends) == 4
         await wait_committed(h, urn, "OPENSOURCEKAFKA", trigger_id, ends)
-        checkpoint = await get_checkpoint(h, urn, "OPENSOURCEKAFKA", trigger_id)
+        checkpoint = await h.get_checkpoint(urn, "OPENSOURCEKAFKA", trigger_id)
         assert all(p["lag"] == 0 for p in checkpoint["partitions"])
 
-        state = (await get_trigger(h, urn, "OPENSOURCEKAFKA", trigger_id))["state"]
+        state = (await h.get_trigger(urn, "OPENSOURCEKAFKA", trigger_id))["state"]
         assert state["consumer_state"] == "running"
         assert state["dropped"] == 0
         assert state["finished"].get("SUCCESS") == 62
@@ -297,27 +216,24 @@ async def test_commits_wait_for_unfinished_records(tmp_path: Path, kafka_bootstr
     async with running(make_settings(tmp_path / "data")) as h:
         urn, out = await recorder(h, tmp_path, "slow")
         data = {"kafka_connect_address": kafka_bootstrap, "topic_ids": [topic], "batch_size": 1, "batch_window_ms": 0}
-        status, trigger = await create_trigger(h, urn, "OPENSOURCEKAFKA", data)
-        assert status == 201, trigger
-        trigger_id = trigger["trigger_id"]
-        await set_status(h, urn, "OPENSOURCEKAFKA", trigger_id, "ACTIVE")
+        trigger_id = await h.add_active_trigger(urn, "OPENSOURCEKAFKA", data)
         values = ["m0", "m1", "BLOCK-2"] + [f"m{i}" for i in range(3, 10)]
         await produce(kafka_bootstrap, topic, [v.encode() for v in values], partition=0)
 
         async def later_ones_done() -> bool:
-            got = set(messages_in(out))
+            got = set(batch_messages(out))
             return {f"m{i}" for i in range(3, 10)} | {"m0", "m1"} <= got
 
         await wait_for(later_ones_done, "the records after the blocked one")
-        assert "BLOCK-2" not in messages_in(out)  # still running
+        assert "BLOCK-2" not in batch_messages(out)  # still running
         # m3..m9 finished, but offset 2 did not: the group may only have committed up to it
         await wait_committed(h, urn, "OPENSOURCEKAFKA", trigger_id, {(topic, 0): 2})
         for _ in range(5):
             await asyncio.sleep(0.2)
-            assert committed(await get_checkpoint(h, urn, "OPENSOURCEKAFKA", trigger_id)) == {(topic, 0): 2}
+            assert committed(await h.get_checkpoint(urn, "OPENSOURCEKAFKA", trigger_id)) == {(topic, 0): 2}
         (tmp_path / "slow.gate").touch()
         await wait_committed(h, urn, "OPENSOURCEKAFKA", trigger_id, {(topic, 0): 10})
-        assert Counter(messages_in(out)) == Counter(values)
+        assert Counter(batch_messages(out)) == Counter(values)
 
 
 async def test_in_flight_records_are_bounded_per_partition(
@@ -329,15 +245,12 @@ async def test_in_flight_records_are_bounded_per_partition(
     async with running(make_settings(tmp_path / "data")) as h:
         urn, out = await recorder(h, tmp_path, "bounded")
         data = {"kafka_connect_address": kafka_bootstrap, "topic_ids": [topic], "batch_size": 1, "batch_window_ms": 0}
-        status, trigger = await create_trigger(h, urn, "OPENSOURCEKAFKA", data)
-        assert status == 201, trigger
-        trigger_id = trigger["trigger_id"]
-        await set_status(h, urn, "OPENSOURCEKAFKA", trigger_id, "ACTIVE")
+        trigger_id = await h.add_active_trigger(urn, "OPENSOURCEKAFKA", data)
         values = [f"BLOCK-{i}" for i in range(30)]  # every invocation waits for the gate
         await produce(kafka_bootstrap, topic, [v.encode() for v in values], partition=0)
 
         async def paused() -> dict[str, Any] | None:
-            state = (await get_trigger(h, urn, "OPENSOURCEKAFKA", trigger_id)).get("state", {})
+            state = (await h.get_trigger(urn, "OPENSOURCEKAFKA", trigger_id)).get("state", {})
             parts = state.get("partitions", [])
             return parts[0] if parts and parts[0]["paused"] else None
 
@@ -346,13 +259,13 @@ async def test_in_flight_records_are_bounded_per_partition(
         assert partition["position"] == 6
         for _ in range(3):
             await asyncio.sleep(0.3)
-            state = (await get_trigger(h, urn, "OPENSOURCEKAFKA", trigger_id))["state"]
+            state = (await h.get_trigger(urn, "OPENSOURCEKAFKA", trigger_id))["state"]
             assert state["partitions"][0]["in_flight"] <= 6
             assert state["partitions"][0]["position"] == 6
         (tmp_path / "bounded.gate").touch()
         await wait_committed(h, urn, "OPENSOURCEKAFKA", trigger_id, {(topic, 0): 30})
-        assert Counter(messages_in(out)) == Counter(values)
-        state = (await get_trigger(h, urn, "OPENSOURCEKAFKA", trigger_id))["state"]
+        assert Counter(batch_messages(out)) == Counter(values)
+        state = (await h.get_trigger(urn, "OPENSOURCEKAFKA", trigger_id))["state"]
         assert state["partitions"][0]["paused"] is False
         assert state["partitions"][0]["lag"] == 0
 
@@ -365,25 +278,15 @@ async def test_poison_batch_fails_to_its_destination_and_the_partition_moves_on(
     async with running(make_settings(tmp_path / "data")) as h:
         urn, out = await recorder(h, tmp_path, "poisoned")
         sink = await h.create_function("sink", SINK)
-        config = {
-            "max_async_retry_attempts": 0,
-            "destination_config": {
-                "on_failure": {"destination": "FunctionGraph", "param": json.dumps({"func_urn": sink})}
-            },
-        }
-        async with h.http.put(h.fgs(f"/functions/{urn}/async-invoke-config"), json=config) as resp:
-            assert resp.status == 200, await resp.text()
+        await h.set_async_config(urn, failures_to_function(sink, retries=0))
         data = {"kafka_connect_address": kafka_bootstrap, "topic_ids": [topic], "batch_size": 5, "batch_window_ms": 50}
-        status, trigger = await create_trigger(h, urn, "OPENSOURCEKAFKA", data)
-        assert status == 201, trigger
-        trigger_id = trigger["trigger_id"]
-        await set_status(h, urn, "OPENSOURCEKAFKA", trigger_id, "ACTIVE")
+        trigger_id = await h.add_active_trigger(urn, "OPENSOURCEKAFKA", data)
 
         first = ["m0", "m1", "m2", "POISON-3", "m4"]
         await produce(kafka_bootstrap, topic, [v.encode() for v in first], partition=0)
 
         async def failed() -> list[dict[str, Any]]:
-            return await records(h, urn, status="FAIL")
+            return await h.invocations(urn, status="FAIL")
 
         fail = (await wait_for(failed, "the FAIL record of the poison batch"))[0]
         assert fail["trigger_id"] == trigger_id
@@ -403,11 +306,11 @@ async def test_poison_batch_fails_to_its_destination_and_the_partition_moves_on(
         await produce(kafka_bootstrap, topic, [v.encode() for v in later], partition=0)
 
         async def later_done() -> bool:
-            return set(later) <= set(messages_in(out))
+            return set(later) <= set(batch_messages(out))
 
         await wait_for(later_done, "records after the poison batch")
         await wait_committed(h, urn, "OPENSOURCEKAFKA", trigger_id, {(topic, 0): 10})
-        state = (await get_trigger(h, urn, "OPENSOURCEKAFKA", trigger_id))["state"]
+        state = (await h.get_trigger(urn, "OPENSOURCEKAFKA", trigger_id))["state"]
         assert state["finished"].get("FAIL", 0) >= 1
 
 
@@ -420,14 +323,11 @@ async def test_records_over_6_mb_are_dropped_with_a_record_and_an_audit_entry(
     async with running(make_settings(tmp_path / "data")) as h:
         urn, out = await recorder(h, tmp_path, "big")
         data = {"kafka_connect_address": kafka_bootstrap, "topic_ids": [topic], "batch_size": 10, "batch_window_ms": 50}
-        status, trigger = await create_trigger(h, urn, "OPENSOURCEKAFKA", data)
-        assert status == 201, trigger
-        trigger_id = trigger["trigger_id"]
-        await set_status(h, urn, "OPENSOURCEKAFKA", trigger_id, "ACTIVE")
+        trigger_id = await h.add_active_trigger(urn, "OPENSOURCEKAFKA", data)
         await produce(kafka_bootstrap, topic, [b"small-0", big, b"small-2"], partition=0)
 
         async def discarded() -> list[dict[str, Any]]:
-            return await records(h, urn, status="DISCARD")
+            return await h.invocations(urn, status="DISCARD")
 
         drop = (await wait_for(discarded, "the DISCARD record"))[0]
         assert drop["trigger_id"] == trigger_id
@@ -441,7 +341,7 @@ async def test_records_over_6_mb_are_dropped_with_a_record_and_an_audit_entry(
         assert "FunctionGraph drops Kafka records over 6 MB" in message
 
         async def small_ones() -> bool:
-            return sorted(messages_in(out)) == ["small-0", "small-2"]
+            return sorted(batch_messages(out)) == ["small-0", "small-2"]
 
         await wait_for(small_ones, "the small records")
         await wait_committed(h, urn, "OPENSOURCEKAFKA", trigger_id, {(topic, 0): 3})
@@ -453,7 +353,7 @@ async def test_records_over_6_mb_are_dropped_with_a_record_and_an_audit_entry(
         assert audit[0]["detail"]["offset"] == 1
         assert audit[0]["detail"]["size"] == len(big)
         assert audit[0]["detail"]["request_id"] == drop["request_id"]
-        state = (await get_trigger(h, urn, "OPENSOURCEKAFKA", trigger_id))["state"]
+        state = (await h.get_trigger(urn, "OPENSOURCEKAFKA", trigger_id))["state"]
         assert state["dropped"] == 1
 
 
@@ -466,15 +366,12 @@ async def test_restart_resumes_and_checkpoints_can_be_read_and_moved(tmp_path: P
     second = [f"second-{i}" for i in range(6)]
     async with running(make_settings(tmp_path / "data")) as h:
         urn, out = await recorder(h, tmp_path, "resume")
-        status, trigger = await create_trigger(h, urn, code, data)
-        assert status == 201, trigger
-        trigger_id = trigger["trigger_id"]
-        await set_status(h, urn, code, trigger_id, "ACTIVE")
+        trigger_id = await h.add_active_trigger(urn, code, data)
         for i, value in enumerate(first):
             await produce(kafka_bootstrap, topic, [value.encode()], partition=i % 2)
 
         async def first_done() -> bool:
-            return set(first) <= set(messages_in(out))
+            return set(first) <= set(batch_messages(out))
 
         await wait_for(first_done, "the first messages")
         await wait_committed(h, urn, code, trigger_id, {(topic, 0): 5, (topic, 1): 5})
@@ -489,17 +386,17 @@ async def test_restart_resumes_and_checkpoints_can_be_read_and_moved(tmp_path: P
     async with running(make_settings(tmp_path / "data")) as h:
 
         async def second_done() -> bool:
-            return set(second) <= set(messages_in(out))
+            return set(second) <= set(batch_messages(out))
 
         await wait_for(second_done, "the messages produced while the service was down")
         await wait_committed(h, urn, code, trigger_id, {(topic, 0): 8, (topic, 1): 8})
-        assert Counter(messages_in(out)) == Counter(first + second)  # nothing lost, nothing replayed
+        assert Counter(batch_messages(out)) == Counter(first + second)  # nothing lost, nothing replayed
 
         # checkpoint API: moving offsets needs the trigger disabled
-        status, error = await put_checkpoint(h, urn, code, trigger_id, {"partitions": []})
+        status, error = await h.put_checkpoint(urn, code, trigger_id, {"partitions": []})
         assert status == 409, error
         assert "disable" in error["error_msg"]
-        await set_status(h, urn, code, trigger_id, "DISABLED")
+        await h.set_trigger_status(urn, code, trigger_id, "DISABLED")
         bad_bodies: list[tuple[dict[str, Any], str]] = [
             ({}, "either"),
             ({"partitions": [{"topic": "other", "partition": 0, "offset": 0}]}, "not one of the trigger's topic_ids"),
@@ -509,13 +406,13 @@ async def test_restart_resumes_and_checkpoints_can_be_read_and_moved(tmp_path: P
             ({"timestamp": "yesterday"}, "epoch milliseconds"),
         ]
         for body, message in bad_bodies:
-            status, error = await put_checkpoint(h, urn, code, trigger_id, body)
+            status, error = await h.put_checkpoint(urn, code, trigger_id, body)
             assert status == 400, (body, error)
             assert error["error_code"] == "FSS.0400"
             assert message in error["error_msg"], (body, error)
 
         # a timestamp resolves per partition to the first record at or after it
-        status, moved = await put_checkpoint(h, urn, code, trigger_id, {"timestamp": between_ms})
+        status, moved = await h.put_checkpoint(urn, code, trigger_id, {"timestamp": between_ms})
         assert status == 200, moved
         first_after: dict[int, int] = {}
         for partition, offset, _ in sent_second:
@@ -524,16 +421,16 @@ async def test_restart_resumes_and_checkpoints_can_be_read_and_moved(tmp_path: P
 
         # back to 0 everywhere: everything is delivered again once re-enabled
         body = {"partitions": [{"topic": topic, "partition": p, "offset": 0} for p in (0, 1)]}
-        status, moved = await put_checkpoint(h, urn, code, trigger_id, body)
+        status, moved = await h.put_checkpoint(urn, code, trigger_id, body)
         assert status == 200, moved
         assert committed(moved) == {(topic, 0): 0, (topic, 1): 0}
         assert all(p["lag"] == 8 for p in moved["partitions"])
         audit = [a for a in await h.service.store.audit_log(200) if a["action"] == "setTriggerCheckpoint"]
         assert len(audit) == 2 and audit[0]["resource"] == trigger_id
-        await set_status(h, urn, code, trigger_id, "ACTIVE")
+        await h.set_trigger_status(urn, code, trigger_id, "ACTIVE")
 
         async def redelivered() -> bool:
-            counts = Counter(messages_in(out))
+            counts = Counter(batch_messages(out))
             return all(counts[m] >= 2 for m in first + second)
 
         await wait_for(redelivered, "the redelivered messages")
@@ -566,9 +463,9 @@ async def test_start_positions_and_dms_instances(tmp_path: Path, kafka_bootstrap
         outs: dict[str, Path] = {}
         for name, (code, extra) in plans.items():
             urn, outs[name] = await recorder(h, tmp_path, name)
-            status, trigger = await create_trigger(h, urn, code, {**base, **extra})
+            status, trigger = await h.create_trigger(urn, code, {**base, **extra})
             assert status == 201, trigger
-            await set_status(h, urn, code, trigger["trigger_id"], "ACTIVE")
+            await h.set_trigger_status(urn, code, trigger["trigger_id"], "ACTIVE")
         new = [f"new-{i}" for i in range(5)]
         await produce(kafka_bootstrap, topic, [v.encode() for v in new], partition=0)
         want = {
@@ -579,13 +476,13 @@ async def test_start_positions_and_dms_instances(tmp_path: Path, kafka_bootstrap
         }
 
         async def all_done() -> bool:
-            return all(set(want[name]) <= set(messages_in(outs[name])) for name in want)
+            return all(set(want[name]) <= set(batch_messages(outs[name])) for name in want)
 
         await wait_for(all_done, "every trigger's messages")
         await asyncio.sleep(1.0)  # anything extra would have shown up by now
         for name, expected in want.items():
-            assert sorted(messages_in(outs[name])) == sorted(expected), name
-        for event in events_in(outs["dms"]):
+            assert sorted(batch_messages(outs[name])) == sorted(expected), name
+        for event in read_jsonl(outs["dms"]):
             assert event["instance_id"] == "dms-instance-1"
             assert all(r["instance_id"] == "dms-instance-1" for r in event["records"])
 
@@ -610,17 +507,7 @@ class CompletingIngest:
 def connector_process(store: SQLiteStore, name: str) -> tuple[kafka_connector.KafkaConnector, CompletingIngest]:
     completion = CompletionHub()
     ingest = CompletingIngest(completion)
-    ctx = ConnectorContext(
-        bus=MemoryBus(),
-        state=store,
-        invocations=None,  # type: ignore[arg-type]
-        completion=completion,
-        ingest=ingest,  # type: ignore[arg-type]
-        region="local",
-        default_tz="UTC",
-        node_id=name,
-    )
-    return kafka_connector.KafkaConnector(ctx), ingest
+    return kafka_connector.KafkaConnector(node_context(store, name, completion, ingest=ingest)), ingest
 
 
 async def test_two_consumers_of_one_trigger_split_partitions_and_hand_them_over(
@@ -718,28 +605,28 @@ async def test_invalid_configs_get_precise_400s(tmp_path: Path, kafka_bootstrap:
             ),
         ]
         for code, data, message in cases:
-            status, error = await create_trigger(h, urn, code, data)
+            status, error = await h.create_trigger(urn, code, data)
             assert status == 400, (data, error)
             assert error["error_code"] == "FSS.0400"
             assert message in error["error_msg"], (data, error)
         # valid ones: a DMS instance from the service's map; SASL credentials are never returned
-        status, trigger = await create_trigger(h, urn, "KAFKA", {"instance_id": "known-instance", "topic_ids": ["t1"]})
+        status, trigger = await h.create_trigger(urn, "KAFKA", {"instance_id": "known-instance", "topic_ids": ["t1"]})
         assert status == 201, trigger
         secret = {**good, "kafka_user": "u", "kafka_password": "s3cret-pw", "kafka_sasl_mechanism": "SCRAM-SHA-512"}
-        status, trigger = await create_trigger(h, urn, "OPENSOURCEKAFKA", secret)
+        status, trigger = await h.create_trigger(urn, "OPENSOURCEKAFKA", secret)
         assert status == 201, trigger
         assert trigger["event_data"]["kafka_password"] == "******"
         assert "s3cret-pw" not in json.dumps(trigger)
 
         # brokers nobody listens on: the trigger backs off and says why; checkpoints answer 503
         dead = f"127.0.0.1:{free_port()}"
-        status, trigger = await create_trigger(h, urn, "OPENSOURCEKAFKA", {**good, "kafka_connect_address": dead})
+        status, trigger = await h.create_trigger(urn, "OPENSOURCEKAFKA", {**good, "kafka_connect_address": dead})
         assert status == 201, trigger
         trigger_id = trigger["trigger_id"]
-        await set_status(h, urn, "OPENSOURCEKAFKA", trigger_id, "ACTIVE")
+        await h.set_trigger_status(urn, "OPENSOURCEKAFKA", trigger_id, "ACTIVE")
 
         async def backing_off() -> dict[str, Any] | None:
-            state = (await get_trigger(h, urn, "OPENSOURCEKAFKA", trigger_id)).get("state", {})
+            state = (await h.get_trigger(urn, "OPENSOURCEKAFKA", trigger_id)).get("state", {})
             return state if state.get("last_error") else None
 
         state = await wait_for(backing_off, "the connection error in the trigger state")
@@ -749,4 +636,4 @@ async def test_invalid_configs_get_precise_400s(tmp_path: Path, kafka_bootstrap:
             error = await resp.json()
             assert resp.status == 503, error
             assert dead in error["error_msg"]
-        await set_status(h, urn, "OPENSOURCEKAFKA", trigger_id, "DISABLED")
+        await h.set_trigger_status(urn, "OPENSOURCEKAFKA", trigger_id, "DISABLED")

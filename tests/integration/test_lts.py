@@ -11,13 +11,10 @@ asserts on timing: waits poll for a condition until a deadline.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
-import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +22,15 @@ import pytest
 
 from connectors.redis_streams import StreamBackend
 from schemas.events.lts import LTSEvent
-from tests.integration.conftest import PROJECT, TOKEN, Harness, make_settings, running
+from tests.integration.conftest import PROJECT, TOKEN, Harness, running
+from tests.support.recording import read_jsonl
+from tests.support.streams import REDIS, redis_prefix_fixture, streams_settings
+from tests.support.waiting import bounded_waits
 
 pytestmark = pytest.mark.integration
 
-REDIS = os.environ.get("TRIGGERBUS_TEST_REDIS", "redis://127.0.0.1:6379/0")
 WAIT = 40.0
+wait_for, wait_until = bounded_waits(WAIT, interval=0.05)
 CODE = "LTS"
 LIMIT = 75 * 1024
 
@@ -76,50 +76,11 @@ def handler(event, context):
 # -- helpers ---------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-async def prefix() -> AsyncIterator[str]:
-    """A Redis key prefix of this test's own; its keys are deleted afterwards."""
-    name = f"tbtest-lts-{uuid.uuid4().hex[:12]}"
-    yield name
-    backend = StreamBackend(REDIS, name)
-    try:
-        await backend.remove_prefix()
-    finally:
-        await backend.close()
-
-
-def settings(tmp_path: Path, prefix: str) -> Any:
-    return make_settings(tmp_path / "data", streams_redis=REDIS, streams_prefix=prefix)
-
-
-async def wait_for(check: Callable[[], Awaitable[Any]], what: str, timeout: float = WAIT) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
-
-
-def check(condition: Callable[[], Any]) -> Callable[[], Awaitable[Any]]:
-    """A synchronous condition (reading a file the function writes) for :func:`wait_for`."""
-
-    async def run() -> Any:
-        return condition()
-
-    return run
-
-
-def events(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+prefix = redis_prefix_fixture("lts")
 
 
 def messages(path: Path) -> list[str]:
-    return [log["message"] for line in events(path) for log in line["payload"]["logs"]]
+    return [log["message"] for line in read_jsonl(path) for log in line["payload"]["logs"]]
 
 
 def raw_size(payload: dict[str, Any]) -> int:
@@ -161,25 +122,16 @@ async def query(h: Harness, group_id: str, stream_id: str, **extra: Any) -> list
 
 
 async def trigger(h: Harness, urn: str, group_id: str, stream_id: str, **extra: Any) -> str:
+    """An LTS trigger of ``urn`` on a log stream (asserting 201): its id."""
     data = {"log_group_id": group_id, "log_topic_id": stream_id, **extra}
-    async with h.http.post(h.fgs(f"/triggers/{urn}"), json={"trigger_type_code": CODE, "event_data": data}) as resp:
-        body = await resp.json()
-        assert resp.status == 201, body
-        return str(body["trigger_id"])
-
-
-async def state(h: Harness, urn: str, trigger_id: str) -> dict[str, Any]:
-    async with h.http.get(h.fgs(f"/triggers/{urn}/{CODE}/{trigger_id}")) as resp:
-        body = await resp.json()
-        assert resp.status == 200, body
-        return dict(body.get("state") or {})
+    return str((await h.add_trigger(urn, CODE, data))["trigger_id"])
 
 
 async def wait_caught_up(h: Harness, urn: str, trigger_id: str) -> None:
     """Until the trigger's committed position is the newest log of its stream."""
 
     async def caught_up() -> bool:
-        current = await state(h, urn, trigger_id)
+        current = await h.trigger_state(urn, CODE, trigger_id)
         shards = current.get("shards") or [{}]
         return (
             bool(shards[0].get("committed"))
@@ -190,18 +142,20 @@ async def wait_caught_up(h: Harness, urn: str, trigger_id: str) -> None:
     await wait_for(caught_up, "the trigger's position at its last batch")
 
 
-async def records(h: Harness, urn: str, **query_args: str) -> list[dict[str, Any]]:
-    params = {"limit": "500", **query_args}
-    async with h.http.get(h.fgs(f"/functions/{urn}/async-invocations"), params=params) as resp:
-        body = await resp.json()
-        assert resp.status == 200, body
-        return list(body["invocations"])
-
-
 async def recorder(h: Harness, tmp_path: Path, name: str) -> tuple[str, Path]:
-    out = tmp_path / f"{name}.jsonl"
-    user_data = {"out": str(out), "gate": str(tmp_path / f"{name}.gate")}
-    return await h.create_function(name, RECORDER, user_data=user_data), out
+    """RECORDER as function ``name`` (gate file ``tmp_path/<name>.gate``): its URN and output file."""
+    return await h.create_recorder(name, RECORDER, tmp_path, "gate")
+
+
+async def triggered_stream(
+    h: Harness, tmp_path: Path, name: str, stream: str = "s", **extra: Any
+) -> tuple[str, str, str, Path, str]:
+    """Log group "g", its log stream ``stream``, and an LTS trigger (``extra`` in its event_data) on it for
+    RECORDER as function ``name``: (group id, stream id, function URN, output file, trigger id)."""
+    group_id = await create_group(h, "g")
+    stream_id = await create_stream(h, group_id, stream)
+    urn, out = await recorder(h, tmp_path, name)
+    return group_id, stream_id, urn, out, await trigger(h, urn, group_id, stream_id, **extra)
 
 
 async def lts_keys(prefix: str) -> list[bytes]:
@@ -216,7 +170,7 @@ async def lts_keys(prefix: str) -> list[bytes]:
 
 
 async def test_groups_streams_reports_queries_and_their_precise_errors(tmp_path: Path, prefix: str) -> None:
-    async with running(settings(tmp_path, prefix)) as h:
+    async with running(streams_settings(tmp_path, prefix)) as h:
         group_id = await create_group(h, "apps", ttl=3)
         async with h.http.post(f"/v2/{PROJECT}/groups", json={"log_group_name": "apps"}) as resp:
             assert resp.status == 409 and "already exists" in (await resp.json())["error_msg"]
@@ -291,7 +245,7 @@ async def test_groups_streams_reports_queries_and_their_precise_errors(tmp_path:
 
 
 async def test_reported_logs_reach_the_trigger_as_the_documented_event(tmp_path: Path, prefix: str) -> None:
-    async with running(settings(tmp_path, prefix)) as h:
+    async with running(streams_settings(tmp_path, prefix)) as h:
         group_id = await create_group(h, "g")
         stream_id = await create_stream(h, group_id, "s")
         await report(h, group_id, stream_id, ["before the trigger"])
@@ -309,7 +263,7 @@ async def test_reported_logs_reach_the_trigger_as_the_documented_event(tmp_path:
         }
         async with h.http.post(report_path(group_id, stream_id), json=body) as resp:
             assert resp.status == 200
-        [line] = await wait_for(check(lambda: events(out)), "the event")
+        [line] = await wait_until(lambda: read_jsonl(out), "the event")
         event = line["event"]
         assert list(event) == ["lts"] and list(event["lts"]) == ["data"]
         raw = base64.b64decode(event["lts"]["data"])
@@ -327,25 +281,23 @@ async def test_reported_logs_reach_the_trigger_as_the_documented_event(tmp_path:
         assert raw == json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()  # compact UTF-8
         assert LTSEvent.model_validate(event).decoded().logs == payload["logs"]
 
-        [record] = await records(h, urn)
+        [record] = await h.invocations(urn)
         assert record["trigger_id"] == trigger_id and record["status"] == "SUCCESS"
         assert record["source"]["log_topic_id"] == stream_id and record["source"]["count"] == 3
         await wait_caught_up(h, urn, trigger_id)
 
 
 async def test_batches_close_at_75_kb_of_raw_message_or_after_the_window(tmp_path: Path, prefix: str) -> None:
-    async with running(settings(tmp_path, prefix)) as h:
-        group_id = await create_group(h, "g")
-        big_stream = await create_stream(h, group_id, "big")
-        urn, out = await recorder(h, tmp_path, "sized")
-        await trigger(h, urn, group_id, big_stream, batch_window_ms=300_000)  # only size closes these batches
+    async with running(streams_settings(tmp_path, prefix)) as h:
+        # only size closes these batches
+        group_id, big_stream, _, out, _ = await triggered_stream(h, tmp_path, "sized", "big", batch_window_ms=300_000)
         lines = [f"{i:03d} " + "x" * 9_000 for i in range(40)]  # ~9 KB each: 8 fit in 75 KB
         for chunk in range(0, 40, 10):
             await report(h, group_id, big_stream, lines[chunk : chunk + 10])
 
-        await wait_for(check(lambda: len(events(out)) >= 4), "the first four full events")
+        await wait_until(lambda: len(read_jsonl(out)) >= 4, "the first four full events")
         # batches may run concurrently: put them in stream order by their first log's number
-        full = sorted(events(out), key=lambda e: e["payload"]["logs"][0]["message"])
+        full = sorted(read_jsonl(out), key=lambda e: e["payload"]["logs"][0]["message"])
         delivered = [log for e in full for log in e["payload"]["logs"]]
         assert [log["message"] for log in delivered] == lines[: len(delivered)]  # in order, none twice
         for e in full:
@@ -360,23 +312,20 @@ async def test_batches_close_at_75_kb_of_raw_message_or_after_the_window(tmp_pat
         urn2, out2 = await recorder(h, tmp_path, "timed")
         trigger_id = await trigger(h, urn2, group_id, small_stream, batch_window_ms=300)
         await report(h, group_id, small_stream, ["tick", "tock"])
-        [timed] = await wait_for(check(lambda: events(out2)), "the event closed by time")
+        [timed] = await wait_until(lambda: read_jsonl(out2), "the event closed by time")
         assert [log["message"] for log in timed["payload"]["logs"]] == ["tick", "tock"]
         await wait_caught_up(h, urn2, trigger_id)
 
 
 async def test_a_log_over_75_kb_is_split_into_75_kb_events(tmp_path: Path, prefix: str) -> None:
-    async with running(settings(tmp_path, prefix)) as h:
-        group_id = await create_group(h, "g")
-        stream_id = await create_stream(h, group_id, "s")
-        urn, out = await recorder(h, tmp_path, "split")
-        trigger_id = await trigger(h, urn, group_id, stream_id, batch_window_ms=100)
+    async with running(streams_settings(tmp_path, prefix)) as h:
+        group_id, stream_id, urn, out, trigger_id = await triggered_stream(h, tmp_path, "split", batch_window_ms=100)
         # 200,000 characters; quotes and ✓ make its JSON longer than its length, the end marks the order
         huge = ('ab"c✓' * 40_000)[:-3] + "END"
         await report(h, group_id, stream_id, ["before", huge, "after"])
 
         await wait_caught_up(h, urn, trigger_id)  # every batch finished (they may run concurrently)
-        got = events(out)
+        got = read_jsonl(out)
         small = [e for e in got if "split_index" not in e["payload"]["logs"][0]]
         assert sorted(log["message"] for e in small for log in e["payload"]["logs"]) == ["after", "before"]
         split = sorted((e for e in got if e not in small), key=lambda e: e["payload"]["logs"][0]["split_index"])
@@ -390,11 +339,11 @@ async def test_a_log_over_75_kb_is_split_into_75_kb_events(tmp_path: Path, prefi
             assert raw_size(e["payload"]) <= LIMIT
         assert raw_size(split[0]["payload"]) > LIMIT - 100  # pieces are filled up to the limit
         assert len(got) == len(split) + 2  # "before" and "after" were not merged into a piece
-        assert (await state(h, urn, trigger_id))["split_logs"] == 1
+        assert (await h.trigger_state(urn, CODE, trigger_id))["split_logs"] == 1
 
 
 async def test_best_practice_filters_alarm_lines_into_another_log_stream(tmp_path: Path, prefix: str) -> None:
-    async with running(settings(tmp_path, prefix)) as h:
+    async with running(streams_settings(tmp_path, prefix)) as h:
         group_id = await create_group(h, "polo.guoying")
         source = await create_stream(h, group_id, "test-206")
         target = await create_stream(h, group_id, "test-1121")
@@ -422,59 +371,53 @@ async def test_best_practice_filters_alarm_lines_into_another_log_stream(tmp_pat
         kept = await wait_for(filtered, "the alarm lines in the target stream")
         assert sorted(kept) == sorted(wanted)  # batches may run concurrently; each line once
         await wait_caught_up(h, urn, trigger_id)
-        assert all(r["status"] == "SUCCESS" for r in await records(h, urn))
+        assert all(r["status"] == "SUCCESS" for r in await h.invocations(urn))
         assert len(await query(h, group_id, target)) == len(wanted)  # nothing more came
 
 
 async def test_poison_batch_fails_after_its_retries_and_the_stream_moves_on(tmp_path: Path, prefix: str) -> None:
-    async with running(settings(tmp_path, prefix)) as h:
+    async with running(streams_settings(tmp_path, prefix)) as h:
         group_id = await create_group(h, "g")
         stream_id = await create_stream(h, group_id, "s")
         urn, out = await recorder(h, tmp_path, "poisoned")
-        async with h.http.put(
-            h.fgs(f"/functions/{urn}/async-invoke-config"), json={"max_async_retry_attempts": 1}
-        ) as r:
-            assert r.status == 200, await r.text()
+        await h.set_async_config(urn, {"max_async_retry_attempts": 1})
         trigger_id = await trigger(h, urn, group_id, stream_id, batch_window_ms=100)
         await report(h, group_id, stream_id, ["ok-1", "POISON-2"])
-        [fail] = await wait_for(lambda: records(h, urn, status="FAIL"), "the FAIL record")
+        [fail] = await wait_for(lambda: h.invocations(urn, status="FAIL"), "the FAIL record")
         assert fail["source"]["count"] == 2
         assert messages(out).count("POISON-2") == 2  # the first attempt and one retry
         await report(h, group_id, stream_id, ["ok-3"])
-        await wait_for(check(lambda: "ok-3" in messages(out)), "the log after the poison batch")
+        await wait_until(lambda: "ok-3" in messages(out), "the log after the poison batch")
         await wait_caught_up(h, urn, trigger_id)
-        assert (await state(h, urn, trigger_id))["finished"] == {"FAIL": 1, "SUCCESS": 1}
+        assert (await h.trigger_state(urn, CODE, trigger_id))["finished"] == {"FAIL": 1, "SUCCESS": 1}
 
 
 async def test_restart_reads_again_from_the_committed_position(tmp_path: Path, prefix: str) -> None:
-    async with running(settings(tmp_path, prefix)) as h:
-        group_id = await create_group(h, "g")
-        stream_id = await create_stream(h, group_id, "s")
-        urn, out = await recorder(h, tmp_path, "resume")
-        trigger_id = await trigger(h, urn, group_id, stream_id, batch_window_ms=100)
+    async with running(streams_settings(tmp_path, prefix)) as h:
+        group_id, stream_id, urn, out, trigger_id = await triggered_stream(h, tmp_path, "resume", batch_window_ms=100)
         await report(h, group_id, stream_id, ["first"])
-        await wait_for(check(lambda: messages(out) == ["first"]), "the first batch")
+        await wait_until(lambda: messages(out) == ["first"], "the first batch")
         await wait_caught_up(h, urn, trigger_id)
-        committed = (await state(h, urn, trigger_id))["shards"][0]["committed"]
+        committed = (await h.trigger_state(urn, CODE, trigger_id))["shards"][0]["committed"]
         await report(h, group_id, stream_id, ["BLOCK-2"])
 
         async def running_block() -> bool:
-            current = (await state(h, urn, trigger_id))["shards"][0]
+            current = (await h.trigger_state(urn, CODE, trigger_id))["shards"][0]
             return bool(current["in_flight"])
 
         await wait_for(running_block, "the blocked batch handed over")
     # stopped with BLOCK-2 unfinished: its position stayed before it
-    async with running(settings(tmp_path, prefix)) as h:
+    async with running(streams_settings(tmp_path, prefix)) as h:
 
         async def resumed() -> dict[str, Any] | None:
-            shards = (await state(h, urn, trigger_id)).get("shards")
+            shards = (await h.trigger_state(urn, CODE, trigger_id)).get("shards")
             return shards[0] if shards else None
 
         shard = await wait_for(resumed, "the trigger running again")
         assert shard["committed"] == committed
         await report(h, group_id, stream_id, ["after"])
         (tmp_path / "resume.gate").touch()
-        await wait_for(check(lambda: "after" in messages(out)), "the log reported after the restart")
+        await wait_until(lambda: "after" in messages(out), "the log reported after the restart")
         await wait_caught_up(h, urn, trigger_id)
         done = messages(out)
         assert done.count("first") == 1  # committed before the stop: not read again

@@ -25,7 +25,7 @@ import random
 import time
 import uuid
 import zipfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,24 +37,17 @@ from PIL import Image
 
 from tests.integration.conftest import Harness, S3Server, make_settings, running
 from tests.support import rgw as rgw_support
+from tests.support.recording import REQUEST_RECORDER, read_jsonl
 from tests.support.rgw import RGW
+from tests.support.waiting import bounded_waits
 
 pytestmark = pytest.mark.integration
 
 WAIT = 45.0
+CODE = "OBS"
+wait_for, wait_until = bounded_waits(WAIT, interval=0.05)
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 ALL_EVENTS = ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]
-
-# Appends {"event", "request_id"} as one JSON line to the file named by user_data "out".
-RECORDER = """
-import json, os
-def handler(event, context):
-    line = json.dumps({"event": event, "request_id": context.getRequestID()})
-    fd = os.open(context.getUserData("out"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    os.write(fd, (line + "\\n").encode())
-    os.close(fd)
-    return "ok"
-"""
 
 
 @pytest.fixture(scope="module")
@@ -78,35 +71,14 @@ def new_bucket(server: RGW | Any, name: str = "tb-") -> str:
     return bucket
 
 
-async def eventually(check: Callable[[], Awaitable[Any]], what: str, timeout: float = WAIT) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
-def read_lines(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 async def recorder(h: Harness, tmp_path: Path, **user_data: str) -> tuple[str, Path]:
-    out = tmp_path / f"{unique('events-')}.jsonl"
-    urn = await h.create_function(unique("obs"), RECORDER, user_data={"out": str(out), **user_data})
-    return urn, out
+    """A new REQUEST_RECORDER function (with ``user_data`` besides "out"): its URN and output file."""
+    return await h.create_recorder(unique("obs"), REQUEST_RECORDER, tmp_path, user_data=user_data)
 
 
 async def create_obs_trigger(h: Harness, urn: str, event_data: dict[str, Any]) -> dict[str, Any]:
-    body = {"trigger_type_code": "OBS", "event_type_code": "ObjectCreated", "event_data": event_data}
-    async with h.http.post(h.fgs(f"/triggers/{urn}"), json=body) as resp:
-        created = await resp.json()
-        assert resp.status == 201, created
-    return dict(created)
+    """An OBS trigger (event type ObjectCreated) of ``urn``, asserting 201: the created trigger."""
+    return await h.add_trigger(urn, CODE, event_data, event_type_code="ObjectCreated")
 
 
 def webhook_url(created: dict[str, Any]) -> str:
@@ -114,19 +86,9 @@ def webhook_url(created: dict[str, Any]) -> str:
     return str(created["event_data"]["webhook_url"]).replace("{webhook_token}", created["state"]["webhook_token"])
 
 
-async def trigger_state(h: Harness, urn: str, trigger_id: str) -> dict[str, Any]:
-    async with h.http.get(h.fgs(f"/triggers/{urn}/OBS/{trigger_id}")) as resp:
-        body = await resp.json()
-        assert resp.status == 200, body
-    return dict(body.get("state") or {})
-
-
 async def records_of(h: Harness, urn: str, trigger_id: str, **source: str) -> list[dict[str, Any]]:
-    query = {"trigger_id": trigger_id, **{f"source.{k}": v for k, v in source.items()}}
-    async with h.http.get(h.fgs(f"/functions/{urn}/async-invocations"), params=query) as resp:
-        body = await resp.json()
-        assert resp.status == 200, body
-    return list(body["invocations"])
+    """The invocation records of ``trigger_id`` whose ``source.<key>`` match ``source``."""
+    return await h.invocations(urn, trigger_id=trigger_id, **{f"source.{k}": v for k, v in source.items()})
 
 
 async def s3(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -196,12 +158,12 @@ async def test_an_rgw_upload_reaches_the_function_as_the_exact_obs_event(tmp_pat
         await put(rgw, bucket, "photos/a.png", b"suffix does not match")
         await s3(rgw.minio().remove_object, bucket, key)  # ObjectRemoved: not in the trigger's events
 
-        await eventually(lambda: asyncio.sleep(0, read_lines(out)), "the upload's invocation")
-        state = await eventually(
+        await wait_until(lambda: read_jsonl(out), "the upload's invocation")
+        state = await wait_for(
             lambda: _state_when(h, urn, trigger_id, lambda s: s["notifications"] >= 4), "all four notifications"
         )
         assert state["ignored"] == 3 and state["invocations"] == 1
-        lines = read_lines(out)
+        lines = read_jsonl(out)
         assert len(lines) == 1
         event = lines[0]["event"]
         record = event["Records"][0]
@@ -256,7 +218,7 @@ async def test_an_rgw_upload_reaches_the_function_as_the_exact_obs_event(tmp_pat
 
 
 async def _state_when(h: Harness, urn: str, trigger_id: str, condition: Callable[[dict[str, Any]], bool]) -> Any:
-    state = await trigger_state(h, urn, trigger_id)
+    state = await h.trigger_state(urn, CODE, trigger_id)
     return state if condition(state) else None
 
 
@@ -304,7 +266,7 @@ async def test_the_webhook_refuses_requests_without_the_trigger_token(tmp_path: 
                 assert resp.status == 200, accepted
         assert accepted["invocations"] == 1
         await h.wait_terminal(urn, accepted["request_ids"][0])
-        assert len(read_lines(out)) == 1
+        assert len(read_jsonl(out)) == 1
 
 
 # -- at-least-once, exactly one run per notification -------------------------------------------------------
@@ -333,7 +295,7 @@ async def test_a_notification_sent_twice_runs_once(tmp_path: Path) -> None:
         assert second["request_ids"] == first["request_ids"]
         assert (third["invocations"], fourth["invocations"], fourth["duplicates"]) == (1, 0, 1)
         await h.wait_terminal(urn, third["request_ids"][0])
-        assert len(read_lines(out)) == 2
+        assert len(read_jsonl(out)) == 2
         assert len(await records_of(h, urn, created["trigger_id"])) == 2
 
 
@@ -361,8 +323,8 @@ async def test_the_webhook_fails_until_the_invocation_is_durable_and_rgw_sends_i
         await wire(rgw, bucket, webhook_url(created), ["s3:ObjectCreated:*"], persistent=True)
         await put(rgw, bucket, "retried.txt", b"keep me")
         # A new persistent topic's queue is picked up by RGW within ~30 s.
-        lines = await eventually(lambda: asyncio.sleep(0, read_lines(out)), "the retried invocation", timeout=90)
-        state = await trigger_state(h, urn, trigger_id)
+        lines = await wait_until(lambda: read_jsonl(out), "the retried invocation", timeout=90)
+        state = await h.trigger_state(urn, CODE, trigger_id)
         assert failures["left"] == 0
         assert state["notifications"] >= 3  # two refused with 503, then accepted
         assert len(lines) == 1
@@ -446,7 +408,7 @@ async def test_the_sns_handshake_fetches_only_the_configured_endpoint(
         assert answer == {"confirmed": True, "topic_arn": "arn:aws:sns:eu-de:123456789012:uploads"}
         assert seen_other == []
         assert seen_sns == ["/?redirect=1", confirm.removeprefix(sns_url)]
-        assert (await trigger_state(h, urn, created["trigger_id"]))["subscriptions_confirmed"] == 1
+        assert (await h.trigger_state(urn, CODE, created["trigger_id"]))["subscriptions_confirmed"] == 1
 
 
 async def test_moto_s3_notifications_through_sns_reach_the_function(tmp_path: Path, s3_server: S3Server) -> None:
@@ -481,8 +443,8 @@ async def test_moto_s3_notifications_through_sns_reach_the_function(tmp_path: Pa
         )
         await s3(s3_client.put_object, Bucket=bucket, Key="in/a b.txt", Body=b"hello")
         await s3(s3_client.delete_object, Bucket=bucket, Key="in/a b.txt")  # not in the trigger's events
-        lines = await eventually(lambda: asyncio.sleep(0, read_lines(out)), "the SNS-delivered invocation")
-        state = await eventually(
+        lines = await wait_until(lambda: read_jsonl(out), "the SNS-delivered invocation")
+        state = await wait_for(
             lambda: _state_when(h, urn, created["trigger_id"], lambda s: s["notifications"] >= 3),
             "test event, put and delete notifications",
         )
@@ -495,7 +457,7 @@ async def test_moto_s3_notifications_through_sns_reach_the_function(tmp_path: Pa
         )
         assert record["s3"]["object"]["key"] == "in%2Fa+b.txt"
         assert record["s3"]["object"]["size"] == 5
-        assert len(read_lines(out)) == 1
+        assert len(read_jsonl(out)) == 1
 
 
 # -- EventGrid ---------------------------------------------------------------------------------------------------
@@ -520,8 +482,8 @@ async def test_eventgrid_triggers_get_the_same_upload_as_a_cloudevent(tmp_path: 
             assert resp.status == 201, await resp.text()
         await wire(rgw, bucket, webhook_url(created), ["s3:ObjectCreated:*"])
         etag = await put(rgw, bucket, "docs/report 1.pdf", b"%PDF-1.4 report")
-        eg_lines = await eventually(lambda: asyncio.sleep(0, read_lines(eg_out)), "the EventGrid invocation")
-        obs_lines = await eventually(lambda: asyncio.sleep(0, read_lines(obs_out)), "the OBS invocation")
+        eg_lines = await wait_until(lambda: read_jsonl(eg_out), "the EventGrid invocation")
+        obs_lines = await wait_until(lambda: read_jsonl(obs_out), "the OBS invocation")
         cloudevent = eg_lines[0]["event"]
         obs_record = obs_lines[0]["event"]["Records"][0]
         assert cloudevent["source"] == "HC.OBS.DWR"
@@ -534,7 +496,7 @@ async def test_eventgrid_triggers_get_the_same_upload_as_a_cloudevent(tmp_path: 
         assert data["obs"]["bucket"]["name"] == bucket
         assert data["obs"]["object"]["key"] == "docs%2Freport+1.pdf"
         assert data["obs"]["object"]["eTag"] == etag
-        assert len(read_lines(eg_out)) == 1
+        assert len(read_jsonl(eg_out)) == 1
 
 
 # -- reconciliation ---------------------------------------------------------------------------------------------
@@ -560,7 +522,7 @@ async def test_reconciliation_invokes_uploads_whose_notification_was_lost_once(t
         trigger_id = created["trigger_id"]
         # No notification configured yet: this upload's notification is "lost".
         lost_etag = await put(rgw, bucket, "lost.jpg", b"nobody told the trigger")
-        lines = await eventually(lambda: asyncio.sleep(0, read_lines(out)), "the synthetic invocation")
+        lines = await wait_until(lambda: read_jsonl(out), "the synthetic invocation")
         record = lines[0]["event"]["Records"][0]
         assert record["triggerbus"] == {"synthetic": True, "reason": "reconciliation"}
         assert record["eventName"] == "ObjectCreated:Put"
@@ -571,12 +533,10 @@ async def test_reconciliation_invokes_uploads_whose_notification_was_lost_once(t
         await wire(rgw, bucket, webhook_url(created), ["s3:ObjectCreated:*"])
         await put(rgw, bucket, "seen.jpg", b"notified")
         uploaded_at = time.time()
-        await eventually(
-            lambda: asyncio.sleep(0, [x for x in read_lines(out) if "seen.jpg" in json.dumps(x)]), "seen.jpg"
-        )
+        await wait_until(lambda: [x for x in read_jsonl(out) if "seen.jpg" in json.dumps(x)], "seen.jpg")
         # Let the scan pass over seen.jpg twice (settled: uploaded more than settle_s before the scan).
-        scans_then = (await trigger_state(h, urn, trigger_id))["reconcile"]["scans"]
-        await eventually(
+        scans_then = (await h.trigger_state(urn, CODE, trigger_id))["reconcile"]["scans"]
+        await wait_for(
             lambda: _state_when(
                 h,
                 urn,
@@ -585,10 +545,10 @@ async def test_reconciliation_invokes_uploads_whose_notification_was_lost_once(t
             ),
             "two more scans",
         )
-        state = await trigger_state(h, urn, trigger_id)
+        state = await h.trigger_state(urn, CODE, trigger_id)
         assert state["reconcile"]["synthetic_invocations"] == 1
         assert state["reconcile"]["last_error"] is None
-        keys = sorted(line["event"]["Records"][0]["s3"]["object"]["key"] for line in read_lines(out))
+        keys = sorted(line["event"]["Records"][0]["s3"]["object"]["key"] for line in read_jsonl(out))
         assert keys == ["lost.jpg", "seen.jpg"]  # not old.jpg, and seen.jpg once
         seen = await records_of(h, urn, trigger_id, key="seen.jpg")
         assert len(seen) == 1
@@ -620,8 +580,7 @@ async def test_the_recursion_guard_refuses_a_function_writing_into_its_trigger_b
         # An OBS async destination into the same bucket.
         sink, _ = await recorder(h, tmp_path)
         config = {"destination_config": {"on_success": {"destination": "OBS", "param": '{"bucket": "images-in"}'}}}
-        async with h.http.put(h.fgs(f"/functions/{sink}/async-invoke-config"), json=config) as resp:
-            assert resp.status == 200, await resp.text()
+        await h.set_async_config(sink, config)
         async with h.http.post(h.fgs(f"/triggers/{sink}"), json=body) as resp:
             refused = await resp.json()
         assert resp.status == 400 and "async invoke config, OBS destination" in refused["error_msg"]
@@ -668,7 +627,7 @@ async def _best_practice(
 
 
 async def _output(h: Harness, rgw: RGW, urn: str, trigger_id: str, bucket: str) -> bytes:
-    found = await eventually(lambda: records_of(h, urn, trigger_id, key="image.jpg"), "the invocation record")
+    found = await wait_for(lambda: records_of(h, urn, trigger_id, key="image.jpg"), "the invocation record")
     record = await h.wait_terminal(urn, found[0]["request_id"], timeout=WAIT)
     assert record["status"] == "SUCCESS", record
 

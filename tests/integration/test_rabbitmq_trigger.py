@@ -20,54 +20,33 @@ import asyncio
 import base64
 import json
 import logging
-import os
-import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import aio_pika
-import aiohttp
 import pytest
 
 from connectors.rabbitmq import queue_name
 from schemas.events.rabbitmq import RabbitMQEvent
-from tests.integration.conftest import PROJECT, ROOT, TOKEN, Harness, free_port, make_settings, running
-from tests.support.zips import python_function
+from tests.integration.conftest import Harness, failures_to_function, free_port, make_settings, running
+from tests.support.recording import BATCH_RECORDER, batch_messages, read_jsonl
+from tests.support.service import ServiceProcess
+from tests.support.waiting import bounded_waits
 
 pytestmark = pytest.mark.integration
 
 BROKER = "127.0.0.1:5672"
 WAIT = 60.0
+CODE = "RABBITMQ"
+wait_for, _ = bounded_waits(WAIT)
 EVENT_KEYS = ["event_version", "event_time", "trigger_type", "region", "records"]
 
-# Appends each event it gets (one JSON line) to the file named by user_data "out". A batch with a
-# message starting "BLOCK" waits for the file named by user_data "gate" (at most 40 s); one with a
-# message starting "POISON" fails after being recorded; "SLOW" sleeps 50 ms.
-RECORDER = """
-import json, os, time
-def handler(event, context):
-    messages = [m for r in event.get("records", []) for m in r.get("messages", [])]
-    if any(m.startswith("BLOCK") for m in messages):
-        gate = context.getUserData("gate")
-        deadline = time.time() + 40
-        while not os.path.exists(gate) and time.time() < deadline:
-            time.sleep(0.05)
-    if any(m.startswith("SLOW") for m in messages):
-        time.sleep(0.05)
-    fd = os.open(context.getUserData("out"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    os.write(fd, (json.dumps(event) + "\\n").encode())
-    os.close(fd)
-    if any(m.startswith("POISON") for m in messages):
-        raise ValueError("poison message")
-    return "ok"
-"""
 SINK = "def handler(event, context):\n    return event\n"
 
 
@@ -169,31 +148,10 @@ async def broker(vhost: str = "/") -> AsyncIterator[Broker]:
 # -- the service ---------------------------------------------------------------------------------------
 
 
-async def wait_for(check: Callable[[], Awaitable[Any]], what: str, timeout: float = WAIT) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
-
-
-def events_in(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def messages_in(path: Path) -> list[str]:
-    return [m for event in events_in(path) for record in event["records"] for m in record["messages"]]
-
-
 async def recorder(h: Harness, tmp_path: Path, name: str) -> tuple[str, Path]:
-    out = tmp_path / f"{name}.jsonl"
-    user_data = {"out": str(out), "gate": str(tmp_path / f"{name}.gate")}
-    return await h.create_function(name, RECORDER, user_data=user_data, timeout=60), out
+    """BATCH_RECORDER as function ``name`` (gate file ``tmp_path/<name>.gate``, waited for up to 40 s):
+    its URN and output file."""
+    return await h.create_recorder(name, BATCH_RECORDER, tmp_path, "gate", user_data={"gate_s": "40"}, timeout=60)
 
 
 def rabbit_data(exchange: str, **extra: Any) -> dict[str, Any]:
@@ -207,39 +165,13 @@ def rabbit_data(exchange: str, **extra: Any) -> dict[str, Any]:
     }
 
 
-async def create_trigger(h: Harness, urn: str, event_data: dict[str, Any], **extra: Any) -> tuple[int, dict[str, Any]]:
-    body = {"trigger_type_code": "RABBITMQ", "event_data": event_data, **extra}
-    async with h.http.post(h.fgs(f"/triggers/{urn}"), json=body) as resp:
-        return resp.status, await resp.json()
-
-
-async def get_trigger(h: Harness, urn: str, trigger_id: str) -> dict[str, Any]:
-    async with h.http.get(h.fgs(f"/triggers/{urn}/RABBITMQ/{trigger_id}")) as resp:
-        assert resp.status == 200, await resp.text()
-        return dict(await resp.json())
-
-
-async def state(h: Harness, urn: str, trigger_id: str) -> dict[str, Any]:
-    return dict((await get_trigger(h, urn, trigger_id)).get("state") or {})
-
-
-async def set_status(h: Harness, urn: str, trigger_id: str, status: str) -> None:
-    async with h.http.put(h.fgs(f"/triggers/{urn}/RABBITMQ/{trigger_id}"), json={"trigger_status": status}) as resp:
-        assert resp.status == 200, await resp.text()
-
-
-async def checkpoint(h: Harness, urn: str, trigger_id: str) -> dict[str, Any]:
-    async with h.http.get(h.fgs(f"/triggers/{urn}/RABBITMQ/{trigger_id}/checkpoint")) as resp:
-        body = await resp.json()
-        assert resp.status == 200, body
-        return dict(body)
-
-
-async def records(h: Harness, urn: str, **query: str) -> list[dict[str, Any]]:
-    async with h.http.get(h.fgs(f"/functions/{urn}/async-invocations"), params={"limit": "500", **query}) as resp:
-        body = await resp.json()
-        assert resp.status == 200, body
-        return list(body["invocations"])
+async def queue_trigger(h: Harness, mq: Broker, urn: str, exchange: str, **data: Any) -> tuple[str, str]:
+    """A RABBITMQ trigger of ``urn`` on ``exchange`` (asserting 201): its id and its queue, which ``mq`` deletes."""
+    trigger = await h.add_trigger(urn, CODE, rabbit_data(exchange, **data))
+    trigger_id = str(trigger["trigger_id"])
+    queue = queue_name(trigger_id)
+    mq.queues.append(queue)
+    return trigger_id, queue
 
 
 async def wait_drained(queue: str, vhost: str = "/") -> None:
@@ -258,7 +190,7 @@ async def test_events_batches_and_every_message_acked(tmp_path: Path) -> None:
     async with broker() as mq, running(make_settings(tmp_path / "data")) as h:
         exchange = await mq.exchange()
         urn, out = await recorder(h, tmp_path, "rmq")
-        status, trigger = await create_trigger(h, urn, rabbit_data(exchange, batch_size=10, batch_window_ms=100))
+        status, trigger = await h.create_trigger(urn, CODE, rabbit_data(exchange, batch_size=10, batch_window_ms=100))
         assert status == 201, trigger
         assert trigger["trigger_status"] == "ACTIVE"
         assert trigger["event_data"]["access_password"] == "******"
@@ -272,10 +204,10 @@ async def test_events_batches_and_every_message_acked(tmp_path: Path) -> None:
         await mq.publish(exchange, bodies)
 
         async def all_arrived() -> bool:
-            return len(messages_in(out)) >= len(bodies)
+            return len(batch_messages(out)) >= len(bodies)
 
         await wait_for(all_arrived, "every published message")
-        events = events_in(out)
+        events = read_jsonl(out)
         flagged: list[str] = []
         for event in events:
             assert list(event) == EVENT_KEYS  # exactly the documented keys, in the documented order
@@ -295,11 +227,11 @@ async def test_events_batches_and_every_message_acked(tmp_path: Path) -> None:
             documented = {**event, "records": [{k: v for k, v in record.items() if k != "base64_messages"}]}
             assert RabbitMQEvent.model_validate(documented).dump() == documented
         assert [base64.b64decode(m) for m in flagged] == [binary]
-        delivered = Counter(m for m in messages_in(out) if m not in flagged)
+        delivered = Counter(m for m in batch_messages(out) if m not in flagged)
         assert delivered == Counter(texts)  # each exactly once: nothing failed, so nothing was redelivered
 
         async def all_success() -> list[dict[str, Any]] | None:
-            found = await records(h, urn, trigger_id=trigger_id)
+            found = await h.invocations(urn, trigger_id=trigger_id)
             return found if len(found) == len(events) and all(r["status"] == "SUCCESS" for r in found) else None
 
         found = await wait_for(all_success, "a SUCCESS record per batch")
@@ -311,7 +243,7 @@ async def test_events_batches_and_every_message_acked(tmp_path: Path) -> None:
         await wait_drained(queue)
 
         async def all_acked() -> dict[str, Any] | None:
-            s = await state(h, urn, trigger_id)
+            s = await h.trigger_state(urn, CODE, trigger_id)
             return s if s.get("acked") == len(bodies) else None
 
         s = await wait_for(all_acked, "every message acked")
@@ -320,7 +252,7 @@ async def test_events_batches_and_every_message_acked(tmp_path: Path) -> None:
         assert s["consumed"] == len(bodies) and s["in_flight"] == 0 and s["redelivered"] == 0
         assert s["finished"] == {"SUCCESS": len(bodies)}
         assert s["prefetch"] == 100 and s["last_error"] is None
-        cp = await checkpoint(h, urn, trigger_id)
+        cp = await h.get_checkpoint(urn, CODE, trigger_id)
         assert cp == {
             "queue": queue,
             "exchange": exchange,
@@ -381,7 +313,7 @@ async def test_bad_configs_get_precise_400s(tmp_path: Path) -> None:
             ({k: v for k, v in rabbit_data(fanout).items() if k != "exchange_name"}, "exchange_name"),
         ]
         for data, message in cases:
-            status, error = await create_trigger(h, urn, data)
+            status, error = await h.create_trigger(urn, CODE, data)
             assert status == 400, (data, error)
             assert error["error_code"] == "FSS.0400"
             assert message in error["error_msg"], (data, error)
@@ -393,7 +325,7 @@ async def test_bad_configs_get_precise_400s(tmp_path: Path) -> None:
         await channel.declare_exchange(transient, aio_pika.ExchangeType.FANOUT, durable=False, auto_delete=False)
         mq.exchanges.append(transient)
         for exchange in (transient, "amq.fanout"):
-            status, trigger = await create_trigger(h, urn, rabbit_data(exchange), trigger_status="DISABLED")
+            status, trigger = await h.create_trigger(urn, CODE, rabbit_data(exchange), trigger_status="DISABLED")
             assert status == 201, trigger
         # the probe changed nothing: the transient exchange is still non-durable (a redeclare says so)
         with pytest.raises(aio_pika.exceptions.ChannelPreconditionFailed, match="durable"):
@@ -402,13 +334,13 @@ async def test_bad_configs_get_precise_400s(tmp_path: Path) -> None:
             )
 
         # the broker from the instance map, with the map's default user; the window default is echoed
-        status, trigger = await create_trigger(
-            h, urn, {k: v for k, v in no_address.items() if k != "access_user"} | {"instance_id": "inst-user"}
+        status, trigger = await h.create_trigger(
+            urn, CODE, {k: v for k, v in no_address.items() if k != "access_user"} | {"instance_id": "inst-user"}
         )
         assert status == 201, trigger
         assert trigger["event_data"]["batch_window_ms"] == 500
         mq.queues.append(queue_name(trigger["trigger_id"]))
-        s = await state(h, urn, trigger["trigger_id"])
+        s = await h.trigger_state(urn, CODE, trigger["trigger_id"])
         assert s["connected"] is True and s["address"] == BROKER and s["user"] == "guest"
 
 
@@ -429,35 +361,35 @@ async def test_password_is_never_returned_logged_or_stored_in_clear(
             exchange = await mq.exchange()
             urn, out = await recorder(h, tmp_path, "secret")
             data = rabbit_data(exchange, vhost=vhost, access_user=user, access_password=password, batch_window_ms=0)
-            status, trigger = await create_trigger(h, urn, data)
+            status, trigger = await h.create_trigger(urn, CODE, data)
             assert status == 201, trigger
             trigger_id = trigger["trigger_id"]
             await mq.publish(exchange, [b"one", b"two"])
 
             async def arrived() -> bool:
-                return sorted(messages_in(out)) == ["one", "two"]
+                return sorted(batch_messages(out)) == ["one", "two"]
 
             await wait_for(arrived, "the messages on the private vhost")
-            got = await get_trigger(h, urn, trigger_id)
+            got = await h.get_trigger(urn, CODE, trigger_id)
             assert got["event_data"]["access_password"] == "******"
             assert got["event_data"]["access_user"] == user and got["event_data"]["vhost"] == vhost
             assert got["state"]["vhost"] == vhost
             async with h.http.get(h.fgs(f"/triggers/{urn}")) as resp:
                 listed = await resp.text()
-            cp = await checkpoint(h, urn, trigger_id)
+            cp = await h.get_checkpoint(urn, CODE, trigger_id)
             # a wrong password for this user: refused, and the attempt leaves no trace of it either
             wrong = f"pw-{uuid.uuid4().hex}"
-            status, error = await create_trigger(h, urn, {**data, "access_password": wrong})
+            status, error = await h.create_trigger(urn, CODE, {**data, "access_password": wrong})
             assert status == 400 and "refused the login" in error["error_msg"], error
             # connection lost and re-established: the reconnect path logs too
             assert await close_connections(trigger_id) >= 1
 
             async def reconnected() -> bool:
-                s = await state(h, urn, trigger_id)
+                s = await h.trigger_state(urn, CODE, trigger_id)
                 return s.get("connects", 0) >= 2 and s.get("connected") is True
 
             await wait_for(reconnected, "the trigger to reconnect")
-            s = await state(h, urn, trigger_id)
+            s = await h.trigger_state(urn, CODE, trigger_id)
             assert s["last_error"] and "connection lost" in s["last_error"]
             for text in (json.dumps(trigger), json.dumps(got), listed, json.dumps(cp), json.dumps(s), caplog.text):
                 assert password not in text
@@ -494,12 +426,12 @@ async def test_missing_permissions_are_named_at_create_time(tmp_path: Path) -> N
             ]
             for (configure, write, read), message in cases:
                 await rabbitmqctl("set_permissions", "-p", vhost, user, configure, write, read)
-                status, error = await create_trigger(h, urn, data)
+                status, error = await h.create_trigger(urn, CODE, data)
                 assert status == 400, (configure, write, read, error)
                 assert message in error["error_msg"], error
                 assert password not in error["error_msg"]
             await rabbitmqctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
-            status, trigger = await create_trigger(h, urn, data)
+            status, trigger = await h.create_trigger(urn, CODE, data)
             assert status == 201, trigger
             mq.queues.append(queue_name(trigger["trigger_id"]))
             listed = await rabbitmqctl("list_queues", "-p", vhost, "name", "--no-table-headers")
@@ -515,25 +447,14 @@ async def test_poison_message_fails_after_its_retries_and_the_queue_moves_on(tmp
         exchange = await mq.exchange()
         urn, out = await recorder(h, tmp_path, "poisoned")
         sink = await h.create_function("sink", SINK)
-        config = {
-            "max_async_retry_attempts": 2,
-            "destination_config": {
-                "on_failure": {"destination": "FunctionGraph", "param": json.dumps({"func_urn": sink})}
-            },
-        }
-        async with h.http.put(h.fgs(f"/functions/{urn}/async-invoke-config"), json=config) as resp:
-            assert resp.status == 200, await resp.text()
-        status, trigger = await create_trigger(h, urn, rabbit_data(exchange, batch_size=1, batch_window_ms=0))
-        assert status == 201, trigger
-        trigger_id = trigger["trigger_id"]
-        queue = queue_name(trigger_id)
-        mq.queues.append(queue)
+        await h.set_async_config(urn, failures_to_function(sink, retries=2))
+        trigger_id, queue = await queue_trigger(h, mq, urn, exchange, batch_size=1, batch_window_ms=0)
 
         first = ["m0", "m1", "POISON-2", "m3"]
         await mq.publish(exchange, [m.encode() for m in first])
 
         async def failed() -> list[dict[str, Any]]:
-            return await records(h, urn, status="FAIL")
+            return await h.invocations(urn, status="FAIL")
 
         fail = (await wait_for(failed, "the FAIL record of the poison message"))[0]
         assert fail["trigger_id"] == trigger_id and fail["source"]["exchange"] == exchange
@@ -548,14 +469,14 @@ async def test_poison_message_fails_after_its_retries_and_the_queue_moves_on(tmp
         await mq.publish(exchange, [m.encode() for m in later])
 
         async def later_done() -> bool:
-            return set(later) <= set(messages_in(out))
+            return set(later) <= set(batch_messages(out))
 
         await wait_for(later_done, "the messages after the poison one")
         await wait_drained(queue)  # the poison message was acked after its failure: nothing stuck
-        assert Counter(messages_in(out)) == Counter(first + later + ["POISON-2", "POISON-2"])  # 3 attempts
+        assert Counter(batch_messages(out)) == Counter(first + later + ["POISON-2", "POISON-2"])  # 3 attempts
 
         async def settled() -> dict[str, Any] | None:
-            s = await state(h, urn, trigger_id)
+            s = await h.trigger_state(urn, CODE, trigger_id)
             return s if s.get("acked") == len(first) + len(later) else None
 
         s = await wait_for(settled, "every message acked")
@@ -568,15 +489,11 @@ async def test_messages_over_6_mb_are_discarded_with_a_record_and_acked(tmp_path
     async with broker() as mq, running(make_settings(tmp_path / "data")) as h:
         exchange = await mq.exchange()
         urn, out = await recorder(h, tmp_path, "big")
-        status, trigger = await create_trigger(h, urn, rabbit_data(exchange, batch_size=10, batch_window_ms=50))
-        assert status == 201, trigger
-        trigger_id = trigger["trigger_id"]
-        queue = queue_name(trigger_id)
-        mq.queues.append(queue)
+        trigger_id, queue = await queue_trigger(h, mq, urn, exchange, batch_size=10, batch_window_ms=50)
         await mq.publish(exchange, [b"small-0", big, b"small-2"])
 
         async def discarded() -> list[dict[str, Any]]:
-            return await records(h, urn, status="DISCARD")
+            return await h.invocations(urn, status="DISCARD")
 
         drop = (await wait_for(discarded, "the DISCARD record"))[0]
         assert drop["trigger_id"] == trigger_id and drop["error_code"] == 4413
@@ -585,14 +502,14 @@ async def test_messages_over_6_mb_are_discarded_with_a_record_and_acked(tmp_path
         assert "a FunctionGraph event is at most 6 MB" in drop["error_message"]
 
         async def small_ones() -> bool:
-            return sorted(messages_in(out)) == ["small-0", "small-2"]
+            return sorted(batch_messages(out)) == ["small-0", "small-2"]
 
         await wait_for(small_ones, "the small messages")
         await wait_drained(queue)
         audit = [a for a in await h.service.store.audit_log(200) if a["action"] == "rabbitmqMessageDropped"]
         assert len(audit) == 1 and audit[0]["resource"] == trigger_id
         assert audit[0]["detail"]["size"] == len(big) and audit[0]["detail"]["request_id"] == drop["request_id"]
-        s = await state(h, urn, trigger_id)
+        s = await h.trigger_state(urn, CODE, trigger_id)
         assert s["dropped"] == 1 and s["finished"].get("DISCARD") == 1
 
 
@@ -603,24 +520,20 @@ async def test_connection_closed_by_the_broker_mid_stream_loses_nothing(tmp_path
     async with broker() as mq, running(make_settings(tmp_path / "data")) as h:
         exchange = await mq.exchange()
         urn, out = await recorder(h, tmp_path, "flaky")
-        status, trigger = await create_trigger(h, urn, rabbit_data(exchange, batch_size=5, batch_window_ms=20))
-        assert status == 201, trigger
-        trigger_id = trigger["trigger_id"]
-        queue = queue_name(trigger_id)
-        mq.queues.append(queue)
+        trigger_id, queue = await queue_trigger(h, mq, urn, exchange, batch_size=5, batch_window_ms=20)
 
         before = [f"before-{i}" for i in range(10)]
         await mq.publish(exchange, [m.encode() for m in before])
 
         async def before_done() -> bool:
-            return (await state(h, urn, trigger_id)).get("acked") == len(before)
+            return (await h.trigger_state(urn, CODE, trigger_id)).get("acked") == len(before)
 
         await wait_for(before_done, "the first messages acked")
         blocked = [f"BLOCK-{i}" for i in range(10)]
         await mq.publish(exchange, [m.encode() for m in blocked])
 
         async def held() -> bool:
-            return (await state(h, urn, trigger_id)).get("in_flight") == len(blocked)
+            return (await h.trigger_state(urn, CODE, trigger_id)).get("in_flight") == len(blocked)
 
         await wait_for(held, "the blocked messages delivered and unacked")
         assert await queue_counts(queue) == (0, len(blocked))
@@ -631,7 +544,7 @@ async def test_connection_closed_by_the_broker_mid_stream_loses_nothing(tmp_path
         assert await close_connections(trigger_id) == 1
 
         async def reconnected() -> dict[str, Any] | None:
-            s = await state(h, urn, trigger_id)
+            s = await h.trigger_state(urn, CODE, trigger_id)
             return s if s.get("connects", 0) >= 2 and s.get("connected") else None
 
         s = await wait_for(reconnected, "the trigger to reconnect")
@@ -640,15 +553,15 @@ async def test_connection_closed_by_the_broker_mid_stream_loses_nothing(tmp_path
         (tmp_path / "flaky.gate").touch()  # the blocked first attempts finish; their completions are stale
 
         async def everything() -> bool:
-            got = Counter(messages_in(out))
+            got = Counter(batch_messages(out))
             return all(got[m] >= 1 for m in before + during) and all(got[m] >= 2 for m in blocked)
 
         await wait_for(everything, "every message, the blocked ones twice")
         await wait_drained(queue)
-        got = Counter(messages_in(out))
+        got = Counter(batch_messages(out))
         assert set(got) == set(before + blocked + during)
         assert all(got[m] == 1 for m in before)  # acked before the loss: never redelivered
-        s = await state(h, urn, trigger_id)
+        s = await h.trigger_state(urn, CODE, trigger_id)
         assert s["redelivered"] >= len(blocked) and s["stale_completions"] >= len(blocked)
         assert s["in_flight"] == 0 and s["connected"] is True
 
@@ -657,151 +570,101 @@ async def test_queue_deleted_behind_the_triggers_back_is_declared_again(tmp_path
     async with broker() as mq, running(make_settings(tmp_path / "data")) as h:
         exchange = await mq.exchange()
         urn, out = await recorder(h, tmp_path, "again")
-        status, trigger = await create_trigger(h, urn, rabbit_data(exchange, batch_window_ms=0))
-        assert status == 201, trigger
-        trigger_id = trigger["trigger_id"]
-        queue = queue_name(trigger_id)
-        mq.queues.append(queue)
+        trigger_id, queue = await queue_trigger(h, mq, urn, exchange, batch_window_ms=0)
         await rabbitmqctl("delete_queue", queue)  # the broker cancels the trigger's consumer
 
         async def redeclared() -> bool:
-            s = await state(h, urn, trigger_id)
+            s = await h.trigger_state(urn, CODE, trigger_id)
             return s.get("connects", 0) >= 2 and bool(s.get("connected")) and await queue_counts(queue) is not None
 
         await wait_for(redeclared, "the trigger to declare and bind its queue again")
-        assert "cancelled the consumer" in (await state(h, urn, trigger_id))["last_error"]
+        assert "cancelled the consumer" in (await h.trigger_state(urn, CODE, trigger_id))["last_error"]
         await mq.publish(exchange, [b"after-0", b"after-1"])
 
         async def arrived() -> bool:
-            return sorted(messages_in(out)) == ["after-0", "after-1"]
+            return sorted(batch_messages(out)) == ["after-0", "after-1"]
 
         await wait_for(arrived, "the messages published after the queue came back")
         await wait_drained(queue)
 
 
-def start_service(data_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TRIGGERBUS_TOKEN": TOKEN, "TRIGGERBUS_RETRY_BASE_S": "0.1"}
-    out = open(log, "ab")  # noqa: SIM115 - closed with the process
-    return subprocess.Popen(
-        [sys.executable, "-m", "triggerbus.cli", "serve", "--data-dir", str(data_dir), "--port", str(port)],
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
-
-
-async def wait_healthy(base: str, timeout: float = 30.0) -> None:
-    async def healthy() -> bool:
-        try:
-            async with aiohttp.ClientSession() as http, http.get(base + "/health") as resp:
-                return resp.status == 200
-        except aiohttp.ClientError:
-            return False
-
-    await wait_for(healthy, "the service to come up", timeout)
-
-
 async def test_sigkilled_service_loses_nothing_after_restart(tmp_path: Path) -> None:
-    data_dir, log, out = tmp_path / "data", tmp_path / "service.log", tmp_path / "killed.jsonl"
-    port = free_port()
-    base = f"http://127.0.0.1:{port}/v2/{PROJECT}/fgs"
-    urn = f"urn:fss:local:{PROJECT}:function:default:killed:latest"
+    out = tmp_path / "killed.jsonl"
     first = [f"SLOW-{i}" for i in range(300)]
     second = [f"late-{i}" for i in range(100)]
-    proc = start_service(data_dir, port, log)
-    try:
+    with ServiceProcess(tmp_path / "data", tmp_path / "service.log", TRIGGERBUS_RETRY_BASE_S="0.1") as service:
         async with broker() as mq:
             exchange = await mq.exchange()
-            await wait_healthy(f"http://127.0.0.1:{port}")
-            async with aiohttp.ClientSession(headers={"X-Auth-Token": TOKEN}) as http:
-                body = python_function("killed", RECORDER, user_data={"out": str(out), "gate": "-"}, timeout=60)
-                async with http.post(f"{base}/functions", json=body) as resp:
-                    assert resp.status == 200, await resp.text()
-                trigger_body = {
-                    "trigger_type_code": "RABBITMQ",
-                    "event_data": rabbit_data(exchange, batch_size=5, batch_window_ms=20),
-                }
-                async with http.post(f"{base}/triggers/{urn}", json=trigger_body) as resp:
-                    trigger = await resp.json()
-                    assert resp.status == 201, trigger
-            queue = queue_name(trigger["trigger_id"])
-            mq.queues.append(queue)
+            await service.wait_healthy()
+            async with service.harness() as h:
+                user_data = {"out": str(out), "gate": "-"}
+                urn = await h.create_function("killed", BATCH_RECORDER, user_data=user_data, timeout=60)
+                _, queue = await queue_trigger(h, mq, urn, exchange, batch_size=5, batch_window_ms=20)
             await mq.publish(exchange, [m.encode() for m in first])
 
             async def some_done() -> bool:
-                return len(messages_in(out)) >= 50
+                return len(batch_messages(out)) >= 50
 
             await wait_for(some_done, "the first batches")
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=10)
-            done_before = len(set(messages_in(out)))
+            service.kill()
+            done_before = len(set(batch_messages(out)))
             assert done_before < len(first), "the kill came too late to interrupt anything"
             await mq.publish(exchange, [m.encode() for m in second])  # while no service runs: kept in the queue
             counts = await queue_counts(queue)
             assert counts is not None and counts[1] == 0  # the dead consumer's deliveries are back in the queue
             assert counts[0] >= len(first) + len(second) - done_before
 
-            proc = start_service(data_dir, port, log)
-            await wait_healthy(f"http://127.0.0.1:{port}")
+            await service.start_healthy()
 
             async def everything() -> bool:
-                return set(first + second) <= set(messages_in(out))
+                return set(first + second) <= set(batch_messages(out))
 
             try:
                 await wait_for(everything, "every message after the restart", timeout=90)
             except AssertionError:
-                print(log.read_text()[-5000:])
+                print(service.log_tail())
                 raise
             await wait_drained(queue)
-            got = Counter(messages_in(out))
+            got = Counter(batch_messages(out))
             assert set(got) == set(first + second)
             assert all(got[m] == 1 for m in second)  # published after the kill: delivered once
             print(json.dumps({"done_before_kill": done_before, "duplicates": sum(got.values()) - len(got)}))
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
+            assert service.terminate(timeout=30) == 0
 
 
 async def test_disable_keeps_the_queue_and_delete_removes_it(tmp_path: Path) -> None:
     async with broker() as mq, running(make_settings(tmp_path / "data")) as h:
         exchange = await mq.exchange()
         urn, out = await recorder(h, tmp_path, "life")
-        status, trigger = await create_trigger(h, urn, rabbit_data(exchange, batch_window_ms=0))
-        assert status == 201, trigger
-        trigger_id = trigger["trigger_id"]
-        queue = queue_name(trigger_id)
-        mq.queues.append(queue)
+        trigger_id, queue = await queue_trigger(h, mq, urn, exchange, batch_window_ms=0)
         await mq.publish(exchange, [b"a0", b"a1"])
 
         async def first_done() -> bool:
-            return sorted(messages_in(out)) == ["a0", "a1"]
+            return sorted(batch_messages(out)) == ["a0", "a1"]
 
         await wait_for(first_done, "the first messages")
-        await set_status(h, urn, trigger_id, "DISABLED")
-        assert "state" not in await get_trigger(h, urn, trigger_id)  # not consuming any more
+        await h.set_trigger_status(urn, CODE, trigger_id, "DISABLED")
+        assert "state" not in await h.get_trigger(urn, CODE, trigger_id)  # not consuming any more
         await mq.publish(exchange, [b"b0", b"b1", b"b2"])  # kept by the queue meanwhile
         assert await queue_counts(queue) == (3, 0)
-        cp = await checkpoint(h, urn, trigger_id)
+        cp = await h.get_checkpoint(urn, CODE, trigger_id)
         assert cp["exists"] is True and cp["messages_ready"] == 3 and cp["consumers"] == 0
-        assert sorted(messages_in(out)) == ["a0", "a1"]
+        assert sorted(batch_messages(out)) == ["a0", "a1"]
 
-        await set_status(h, urn, trigger_id, "ACTIVE")
+        await h.set_trigger_status(urn, CODE, trigger_id, "ACTIVE")
 
         async def rest_done() -> bool:
-            return sorted(messages_in(out)) == ["a0", "a1", "b0", "b1", "b2"]
+            return sorted(batch_messages(out)) == ["a0", "a1", "b0", "b1", "b2"]
 
         await wait_for(rest_done, "the messages published while disabled")
         await wait_drained(queue)
 
         # deleting an active trigger deletes its queue, and whatever it held
-        await set_status(h, urn, trigger_id, "DISABLED")
+        await h.set_trigger_status(urn, CODE, trigger_id, "DISABLED")
         await mq.publish(exchange, [b"c0"])
-        await set_status(h, urn, trigger_id, "ACTIVE")
+        await h.set_trigger_status(urn, CODE, trigger_id, "ACTIVE")
         await wait_drained(queue)
-        await set_status(h, urn, trigger_id, "DISABLED")
+        await h.set_trigger_status(urn, CODE, trigger_id, "DISABLED")
         await mq.publish(exchange, [b"lost-0", b"lost-1"])
         async with h.http.delete(h.fgs(f"/triggers/{urn}/RABBITMQ/{trigger_id}")) as resp:
             assert resp.status == 204
@@ -815,7 +678,7 @@ async def test_disable_keeps_the_queue_and_delete_removes_it(tmp_path: Path) -> 
         assert audit[0]["detail"]["queue"] == queue and audit[0]["detail"]["messages_dropped"] == 2
 
         # an active trigger deleted straight away
-        status, trigger = await create_trigger(h, urn, rabbit_data(exchange, batch_window_ms=0))
+        status, trigger = await h.create_trigger(urn, CODE, rabbit_data(exchange, batch_window_ms=0))
         assert status == 201, trigger
         second_queue = queue_name(trigger["trigger_id"])
         mq.queues.append(second_queue)
@@ -835,12 +698,8 @@ async def test_a_disabled_trigger_deleted_after_a_restart_deletes_its_queue(tmp_
         exchange = await mq.exchange()
         async with running(make_settings(tmp_path / "data")) as h:
             urn, _ = await recorder(h, tmp_path, "gone")
-            status, trigger = await create_trigger(h, urn, rabbit_data(exchange, batch_window_ms=0))
-            assert status == 201, trigger
-            trigger_id = trigger["trigger_id"]
-            queue = queue_name(trigger_id)
-            mq.queues.append(queue)
-            await set_status(h, urn, trigger_id, "DISABLED")
+            trigger_id, queue = await queue_trigger(h, mq, urn, exchange, batch_window_ms=0)
+            await h.set_trigger_status(urn, CODE, trigger_id, "DISABLED")
         await mq.publish(exchange, [b"left-0"])
         assert await queue_counts(queue) == (1, 0)
         async with running(make_settings(tmp_path / "data")) as h:
@@ -872,7 +731,7 @@ async def test_broker_restart_mid_stream_loses_nothing(tmp_path: Path) -> None:
     try:
         async with running(make_settings(tmp_path / "data")) as h:
             urn, out = await recorder(h, tmp_path, "restart")
-            status, trigger = await create_trigger(h, urn, rabbit_data(exchange, batch_size=5, batch_window_ms=20))
+            status, trigger = await h.create_trigger(urn, CODE, rabbit_data(exchange, batch_size=5, batch_window_ms=20))
             assert status == 201, trigger
             trigger_id = trigger["trigger_id"]
             queue = queue_name(trigger_id)
@@ -881,7 +740,7 @@ async def test_broker_restart_mid_stream_loses_nothing(tmp_path: Path) -> None:
                 await mq.publish(exchange, [m.encode() for m in before])
 
             async def some_done() -> bool:
-                return len(messages_in(out)) >= 10
+                return len(batch_messages(out)) >= 10
 
             await wait_for(some_done, "the first messages")
             await rabbitmqctl("stop_app")
@@ -893,7 +752,7 @@ async def test_broker_restart_mid_stream_loses_nothing(tmp_path: Path) -> None:
             await wait_for(broker_listening, "the broker to listen again")
 
             async def reconnected() -> bool:
-                s = await state(h, urn, trigger_id)
+                s = await h.trigger_state(urn, CODE, trigger_id)
                 return bool(s.get("connected")) and s.get("connects", 0) >= 2
 
             await wait_for(reconnected, "the trigger to reconnect")
@@ -902,11 +761,11 @@ async def test_broker_restart_mid_stream_loses_nothing(tmp_path: Path) -> None:
                 await mq.publish(exchange, [m.encode() for m in after])
 
             async def everything() -> bool:
-                return set(messages_in(out)) >= set(before + after)
+                return set(batch_messages(out)) >= set(before + after)
 
             await wait_for(everything, "every message published before and after the restart")
             await wait_drained(queue)
-            got = Counter(messages_in(out))
+            got = Counter(batch_messages(out))
             assert set(got) == set(before + after)
             print(f"broker restart: {sum(got.values()) - len(got)} messages delivered twice")
     finally:

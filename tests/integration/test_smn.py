@@ -5,12 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import signal
-import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,9 +19,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from connectors.smn import delivery_request_id
 from invoker.smn_sink import destination_message_id
-from tests.integration.conftest import PROJECT, TOKEN, Harness, free_port, make_settings, running
-from tests.integration.test_crash_recovery import start_service, wait_healthy
-from tests.support.zips import python_function
+from tests.integration.conftest import PROJECT, Harness, make_settings, running
+from tests.support.recording import read_jsonl
+from tests.support.service import ServiceProcess
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -280,7 +278,11 @@ async def test_smn_triggers_need_a_topic_are_unique_and_cannot_be_disabled(harne
         assert resp.status == 400
         assert "SMN triggers cannot be disabled, only deleted" in (await resp.json())["error_msg"]
     async with harness.http.get(one) as resp:
-        assert (await resp.json())["state"] == {"topic_urn": topic, "subscription_status": "Confirmed"}
+        assert (await resp.json())["state"] == {
+            "topic_urn": topic,
+            "subscription_status": "Confirmed",
+            "lag": {"records": None, "seconds": None, "oldest_age_s": None},  # push-based: not measurable
+        }
     async with harness.http.delete(one) as resp:
         assert resp.status == 204
     deliveries_before = harness.service.smn.deliveries
@@ -301,8 +303,7 @@ async def test_smn_destination_delivers_outcomes_to_subscribers(harness: Harness
     smn_dest = {"destination": "SMN", "param": json.dumps({"topic_urn": topic})}
     for urn, condition in ((failing, "on_failure"), (fine, "on_success")):
         body = {"max_async_retry_attempts": 0, "destination_config": {condition: smn_dest}}
-        async with harness.http.put(harness.fgs(f"/functions/{urn}/async-invoke-config"), json=body) as resp:
-            assert resp.status == 200, await resp.json()
+        await harness.set_async_config(urn, body)
 
     for urn, expected in ((failing, ("UnhandledInvocationError", 500)), (fine, ("", 200))):
         request_id = await harness.invoke_async(urn, {"order": 1})
@@ -339,50 +340,33 @@ def handler(event, context):
 
 
 async def test_published_messages_survive_a_crash_before_they_run(tmp_path: Path) -> None:
-    data_dir, log = tmp_path / "data", tmp_path / "service.log"
     ledger, block = tmp_path / "ledger.txt", tmp_path / "block"
     block.write_text("hold")
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    proc = start_service(data_dir, port, log)
-    try:
-        await wait_healthy(base)
-        async with aiohttp.ClientSession(base_url=base, headers={"X-Auth-Token": TOKEN}) as http:
-            fgs = f"/v2/{PROJECT}/fgs"
-            async with http.post(TOPICS, json={"name": "durable"}) as resp:
+    with ServiceProcess(tmp_path / "data", tmp_path / "service.log", TRIGGERBUS_RETRY_BASE_S="0.1") as service:
+        await service.wait_healthy(timeout=20)
+        async with service.harness() as h:
+            async with h.http.post(TOPICS, json={"name": "durable"}) as resp:
                 topic = (await resp.json())["topic_urn"]
             for name in ("left", "right"):
-                body = python_function(name, BLOCKED_SUBSCRIBER, timeout=60)
-                async with http.post(f"{fgs}/functions", json=body) as resp:
-                    urn = (await resp.json())["func_urn"]
-                trigger = {"trigger_type_code": "SMN", "event_data": {"topic_urn": topic}}
-                async with http.post(f"{fgs}/triggers/{urn}", json=trigger) as resp:
-                    assert resp.status == 201, await resp.text()
-            async with http.post(
+                urn = await h.create_function(name, BLOCKED_SUBSCRIBER, timeout=60)
+                await h.add_trigger(urn, "SMN", {"topic_urn": topic})
+            async with h.http.post(
                 f"{TOPICS}/{topic}/publish", json={"subject": str(block), "message": str(ledger)}
             ) as resp:
                 assert resp.status == 200, await resp.text()
                 message_id = (await resp.json())["message_id"]
-        proc.send_signal(signal.SIGKILL)  # the subscribers are blocked: neither copy has run to the end
-        proc.wait(timeout=10)
+        service.kill()  # the subscribers are blocked: neither copy has run to the end
         assert not ledger.exists()
         block.unlink()
 
-        proc = start_service(data_dir, port, log)
-        await wait_healthy(base)
-        deadline = time.monotonic() + 60
-        while not (ledger.exists() and set(ledger.read_text().splitlines()) >= {f"left {message_id}",
-                                                                                 f"right {message_id}"}):  # fmt: skip
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
-            await asyncio.sleep(0.1)
-        assert set(ledger.read_text().splitlines()) == {f"left {message_id}", f"right {message_id}"}
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        await service.start_healthy(timeout=20)
+        both = {f"left {message_id}", f"right {message_id}"}
+        await wait_until(
+            lambda: ledger.exists() and set(ledger.read_text().splitlines()) >= both,
+            f"both subscribers to run (service log: {service.log})",
+            timeout=60,
+        )
+        assert set(ledger.read_text().splitlines()) == both
 
 
 # -- the MQTT bridge (real Mosquitto) ------------------------------------------------------------------------
@@ -423,17 +407,6 @@ def forget_session(client_id: str) -> None:
     client.loop_stop()
 
 
-async def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
-
-
-def ledger_lines(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
 async def test_mqtt_bridge_publishes_to_smn_at_least_once(tmp_path: Path) -> None:
     mqtt_topic = f"smn/{uuid.uuid4().hex}/orders"
     client_id = unique("tb-test-bridge")
@@ -450,9 +423,9 @@ async def test_mqtt_bridge_publishes_to_smn_at_least_once(tmp_path: Path) -> Non
             await wait_until(lambda: bridge_state.subscribed, "the bridge's subscription")
             # a poison message (not UTF-8) between two good ones: dropped, audited, not blocking
             await asyncio.to_thread(mqtt_publish, mqtt_topic, ["héllo".encode(), b"\xff\xfe", b'{"order": 2}'])
-            await wait_until(lambda: len(ledger_lines(ledger)) >= 2, "two bridged messages")
+            await wait_until(lambda: len(read_jsonl(ledger)) >= 2, "two bridged messages")
             # (the two invocations run concurrently: the ledger order is theirs)
-            received = {line["message"]: line for line in ledger_lines(ledger)}
+            received = {line["message"]: line for line in read_jsonl(ledger)}
             assert set(received) == {"héllo", '{"order": 2}'}
             assert received["héllo"]["topic_urn"] == topic_urn and received["héllo"]["type"] == "notification"
             assert received["héllo"]["message_attributes"] == {"mqtt_topic": mqtt_topic}
@@ -465,8 +438,8 @@ async def test_mqtt_bridge_publishes_to_smn_at_least_once(tmp_path: Path) -> Non
         # Triggerbus is down: the broker keeps QoS 1 messages for the persistent session.
         await asyncio.to_thread(mqtt_publish, mqtt_topic, [b"while you were away"])
         async with running(settings):
-            await wait_until(lambda: len(ledger_lines(ledger)) >= 3, "the message queued while down")
-            assert ledger_lines(ledger)[2]["message"] == "while you were away"
+            await wait_until(lambda: len(read_jsonl(ledger)) >= 3, "the message queued while down")
+            assert read_jsonl(ledger)[2]["message"] == "while you were away"
     finally:
         await asyncio.to_thread(forget_session, client_id)
-    assert len(ledger_lines(ledger)) == 3
+    assert len(read_jsonl(ledger)) == 3

@@ -26,6 +26,7 @@ from schemas.async_config import AsyncInvokeConfig
 from schemas.records import AsyncStatus
 from triggerbus.store.base import Store
 from triggerbus.store.models import (
+    QueueDepth,
     StoredDISStream,
     StoredFunction,
     StoredLogGroup,
@@ -531,6 +532,44 @@ async def test_list_records_by_source_coordinates(store: Store) -> None:
     assert await ids(store, RecordQuery(FN_Q, source={"big": "x" * 2000})) == ([], 0)
 
 
+async def test_list_records_finds_the_redrives_of_a_record(store: Store) -> None:
+    await seed_records(store)
+    await store.insert_record(record("b2", created=600.0, redrive_of="b"))
+    await store.insert_record(record("b3", created=700.0, redrive_of="b", status=AsyncStatus.SUCCESS))
+    await store.insert_record(record("x2", function_urn=OTHER_Q, created=650.0, redrive_of="b"))
+    assert await ids(store, RecordQuery(FN_Q, redrive_of="b")) == (["b3", "b2"], 2)
+    assert await ids(store, RecordQuery(FN_Q, redrive_of="b", status=AsyncStatus.SUCCESS)) == (["b3"], 1)
+    assert await ids(store, RecordQuery(FN_Q, redrive_of="a")) == ([], 0)
+
+
+async def test_attempt_stats_per_bucket(store: Store) -> None:
+    # r1: created at 1000, a failed attempt then a success; r2: a throttle; r3 created a day
+    # earlier, its retry ran inside the window; r4 starts after the window; r5 is another function's.
+    attempts = {
+        "r1": (1000.0, FN_Q, [(1000.0, "FAIL", 4101, 10.0), (1065.0, "SUCCESS", 0, 30.0)]),
+        "r2": (1010.0, FN_Q, [(1010.0, "FAIL", 4290, 5.0)]),
+        "r3": (1000.0 - 80000, FN_Q, [(1005.0, "SUCCESS", 0, 20.0), (1030.0, "RUNNING", 0, 0.0)]),
+        "r4": (1200.0, FN_Q, [(1200.0, "SUCCESS", 0, 1.0)]),
+        "r5": (1000.0, OTHER_Q, [(1000.0, "SUCCESS", 0, 99.0)]),
+    }
+    for request_id, (created, urn, runs) in attempts.items():
+        await store.insert_record(record(request_id, function_urn=urn, created=created))
+        for n, (start, status, code, duration) in enumerate(runs, 1):
+            end = None if status == "RUNNING" else start + duration / 1000
+            attempt = Attempt(n=n, start=start, end=end, status=status, error_code=code, duration_ms=duration)
+            await store.finish_attempt(request_id, attempt)
+    buckets = await store.attempt_stats(FN_Q, 1000.0, 1120.0, 60.0)
+    assert [b.start for b in buckets] == [1000.0, 1060.0]
+    first, second = buckets
+    assert (first.invocations, first.errors, first.throttles) == (4, 1, 1)
+    assert (first.p50_ms, first.p95_ms, first.p99_ms) == (10.0, 20.0, 20.0)  # 5, 10, 20 (the running one excluded)
+    assert (second.invocations, second.errors, second.throttles, second.p50_ms) == (1, 0, 0, 30.0)
+    empty = await store.attempt_stats(OTHER_Q, 2000.0, 2060.0, 30.0)
+    assert [(b.invocations, b.p50_ms) for b in empty] == [(0, None), (0, None)]
+    with pytest.raises(ValueError):
+        await store.attempt_stats(FN_Q, 0.0, 10**7, 1.0)
+
+
 async def test_purge_records_drops_only_old_terminal_records(store: Store) -> None:
     await seed_records(store)
     await store.finish_attempt("a", Attempt(n=1, start=100.0, end=101.0, status="SUCCESS"))
@@ -542,6 +581,22 @@ async def test_purge_records_drops_only_old_terminal_records(store: Store) -> No
     assert await store.list_attempts("a") == []
     assert await ids(store, RecordQuery(FN_Q, source={"topic": "orders"})) == (["e"], 1)
     assert await store.purge_records(0.0) == 0
+
+
+async def test_queue_depths_count_unfinished_records_per_function(store: Store) -> None:
+    other = FN_Q.replace(":fn:", ":other:")
+    assert await store.queue_depths() == []
+    seeds = (("w1", FN_Q, 300.0), ("w2", FN_Q, 200.0), ("r1", FN_Q, 100.0), ("o1", other, 50.0))
+    for request_id, urn, created in seeds:
+        await store.insert_record(record(request_id, function_urn=urn, created=created))
+    await store.insert_record(record("done", created=10.0, status=AsyncStatus.SUCCESS))
+    await store.start_attempt("r1", Attempt(n=1, start=400.0))  # RUNNING: counted, not "oldest waiting"
+    await store.start_attempt("o1", Attempt(n=1, start=400.0))
+    depths = {d.function_urn: d for d in await store.queue_depths()}
+    assert depths == {
+        FN_Q: QueueDepth(FN_Q, waiting=2, running=1, oldest_wait_created=200.0),
+        other: QueueDepth(other, waiting=0, running=1, oldest_wait_created=None),
+    }
 
 
 # -- leases ------------------------------------------------------------------------------------

@@ -18,14 +18,13 @@ from typing import Any
 
 import pytest
 
-from bus.memory import MemoryBus
 from bus.sqlitedb import Database
-from connectors.base import ConnectorContext, TriggerSpec
+from connectors.base import TriggerSpec
 from connectors.timer import TimerConnector, fire_request_id
 from invoker.completion import CompletionHub
-from invoker.ingest import Ingest
 from invoker.records import Record
 from tests.integration.conftest import ROOT, Harness, make_settings, running
+from tests.support.connectors import node_context
 from triggerbus.store.sqlite import SQLiteStore
 
 pytestmark = pytest.mark.integration
@@ -53,17 +52,7 @@ class TimerRig:
     recorder: Recorder
 
     def connector(self, node: str = "n1", **kw: Any) -> TimerConnector:
-        bus, completion = MemoryBus(), CompletionHub()
-        ctx = ConnectorContext(
-            bus=bus,
-            state=self.store,
-            invocations=self.recorder,
-            completion=completion,
-            ingest=Ingest(bus, self.store, completion),
-            region="local",
-            default_tz="UTC",
-            node_id=node,
-        )
+        ctx = node_context(self.store, node, CompletionHub(), invocations=self.recorder)
         return TimerConnector(ctx, lease_ttl=kw.pop("lease_ttl", 1.0), **kw)
 
 

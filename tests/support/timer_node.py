@@ -15,14 +15,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bus.memory import MemoryBus
 from bus.sqlitedb import Database
-from connectors.base import ConnectorContext, TriggerSpec
+from connectors.base import TriggerSpec
 from connectors.timer import TimerConnector
 from invoker.completion import CompletionHub
-from invoker.ingest import Ingest
 from invoker.records import Record
 from invoker.runtime.base import InvocationResult
+from tests.support.connectors import node_context
 from triggerbus.store.sqlite import SQLiteStore
 
 
@@ -49,18 +48,7 @@ async def main() -> None:
     await db.open()
     store = SQLiteStore(db)
     await store.start()
-    bus = MemoryBus()
-    completion = CompletionHub()
-    ctx = ConnectorContext(
-        bus=bus,
-        state=store,
-        invocations=RecordingInvocations(store, Path(log_path), node),
-        completion=completion,
-        ingest=Ingest(bus, store, completion),
-        region="local",
-        default_tz="UTC",
-        node_id=node,
-    )
+    ctx = node_context(store, node, CompletionHub(), invocations=RecordingInvocations(store, Path(log_path), node))
     timer = TimerConnector(ctx, lease_ttl=1.0, misfire_policy="fire_all", catchup_window=60.0)
     await timer.start()
     await timer.activate(

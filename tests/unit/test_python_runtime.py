@@ -241,7 +241,7 @@ async def test_logs_framed_like_functiongraph(runtime: PythonRuntime, make_fn: M
     lines = log_lines(result)
     assert re.fullmatch(rf"{TS} Start invoke request 'req-log', version: latest", lines[0]), lines[0]
     finish = re.fullmatch(
-        rf"{TS} Finish invoke request 'req-log', duration: (\d+\.\d{{3}})ms, "
+        rf"{TS} Finish invoke request 'req-log'\(invoke Success\), duration: (\d+\.\d{{3}})ms, "
         rf"billing duration: (\d+)ms, memory used: (\d+\.\d{{3}})MB",
         lines[-1],
     )

@@ -15,7 +15,8 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from schemas.errors import FSSError, forbidden, internal, method_not_allowed, not_found, unauthorized
-from triggerbus.api import dis, functions, invocations, lts, records, smn, traces, triggers
+from triggerbus import console
+from triggerbus.api import dis, functions, invocation_logs, invocations, lts, metrics, records, smn, traces, triggers
 from triggerbus.api.common import SERVICE_KEY, fss_response, json_response
 
 log = logging.getLogger(__name__)
@@ -55,13 +56,18 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         path == prefix or path.startswith(prefix + "/") for prefix in request.app[PUBLIC_PREFIXES]
     ):
         return await handler(request)
-    token = request.headers.get("X-Auth-Token")
+    token = request.headers.get("X-Auth-Token") or _bearer(request.headers.get("Authorization", ""))
     if not token:
-        raise unauthorized("X-Auth-Token header is required")
+        raise unauthorized("X-Auth-Token header (or Authorization: Bearer <token>) is required")
     expected: str = request.app[SERVICE_KEY].token
     if not hmac.compare_digest(token.encode(), expected.encode()):
         raise forbidden("invalid token")
     return await handler(request)
+
+
+def _bearer(value: str) -> str:
+    scheme, _, token = value.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
 
 
 async def health(request: web.Request) -> web.Response:
@@ -79,13 +85,19 @@ def create_app(service: object, *, client_max_size: int) -> web.Application:
     functions.add_routes(app.router)
     invocations.add_routes(app.router)
     records.add_routes(app.router)
+    invocation_logs.add_routes(app.router)
     triggers.add_routes(app.router)
     smn.add_routes(app.router)
     dis.add_routes(app.router)
     lts.add_routes(app.router)
     traces.add_routes(app.router)
+    metrics.add_routes(app.router)
     connectors = service.connectors  # type: ignore[attr-defined]
-    app[PUBLIC_PREFIXES] = tuple(prefix for c in connectors for prefix in c.public_prefixes)
+    # The console has its own session login (triggerbus/console), not the token header.
+    app[PUBLIC_PREFIXES] = (*(prefix for c in connectors for prefix in c.public_prefixes), console.PREFIX)
+    if service.settings.metrics_public:  # type: ignore[attr-defined]  # TRIGGERBUS_METRICS_PUBLIC=1
+        app[PUBLIC_PREFIXES] = (*app[PUBLIC_PREFIXES], metrics.PATH)
+    console.setup(app, service)
     for connector in connectors:
         connector.add_routes(app.router)
     return app

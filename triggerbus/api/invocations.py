@@ -7,6 +7,7 @@ import json
 
 from aiohttp import web
 
+from invoker import tracing
 from invoker.runtime.base import ErrorCategory, InvocationResult
 from schemas.errors import internal, throttled
 from schemas.records import StopAsyncInvocationRequest
@@ -33,7 +34,7 @@ async def invoke_sync(request: web.Request) -> web.Response:
     body = await read_body(request, svc.settings.max_sync_body)
     parse_json(body, empty={})  # the event must be JSON, as on FunctionGraph
     payload = body if body.strip() else b"{}"
-    result = await svc.invocations.invoke_sync(fn.qualified_urn, payload)
+    result = await svc.invocations.invoke_sync(fn.qualified_urn, payload, trace=tracing.from_headers(request.headers))
     error = result.error
     if error is not None and error.category is ErrorCategory.SYSTEM_ERROR:
         raise internal(f"invocation {result.request_id} failed: {error.message}")
@@ -72,7 +73,7 @@ async def invoke_async(request: web.Request) -> web.Response:
     body = await read_body(request, svc.settings.max_async_body)
     parse_json(body, empty={})
     payload = body.decode("utf-8") if body.strip() else "{}"
-    request_id = await svc.invocations.enqueue(fn.qualified_urn, payload)
+    request_id = await svc.invocations.enqueue(fn.qualified_urn, payload, trace=tracing.from_headers(request.headers))
     return json_response({"request_id": request_id}, status=202)
 
 

@@ -51,10 +51,11 @@ async def list_invocations(request: web.Request) -> web.Response:
         function_urn=fn.qualified_urn,
         status=status,
         request_id=q.get("request_id") or None,
-        begin=None if q.get("request_id") else begin,
-        end=None if q.get("request_id") else end,
+        begin=None if q.get("request_id") or q.get("redrive_of") else begin,
+        end=None if q.get("request_id") or q.get("redrive_of") else end,
         trigger_id=q.get("trigger_id") or None,
         source=source,
+        redrive_of=q.get("redrive_of") or None,
         marker=marker,
         limit=limit,
     )
@@ -110,7 +111,17 @@ async def get_invocation(request: web.Request) -> web.Response:
     return json_response(body)
 
 
+async def redrive_invocation(request: web.Request) -> web.Response:
+    """Triggerbus extension: run a FAIL or DISCARD invocation again under a new request id."""
+    svc = service(request)
+    fn = await svc.registry.require(request.match_info["function_urn"], request.match_info["project_id"])
+    old = request.match_info["request_id"]
+    new = await svc.invocations.redrive(fn.qualified_urn, old)
+    return json_response({"request_id": new, "redrive_of": old}, status=202)
+
+
 def add_routes(router: web.UrlDispatcher) -> None:
+    router.add_post(BASE + "/async-invocations/{request_id}/redrive", redrive_invocation)
     router.add_get(BASE + "/async-invocations", list_invocations)
     router.add_get(BASE + "/async-invocations/{request_id}", get_invocation)
     router.add_get(BASE + "/active-async-invocations", active_invocations)

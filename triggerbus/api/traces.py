@@ -92,6 +92,11 @@ OPERATIONS: dict[tuple[str, str], tuple[str, str, str]] = {
     ("PUT", _FUNCTION + "/async-invoke-config"): ("updateAsyncInvokeConfig", SERVICE_TYPE, "Functions"),
     ("DELETE", _FUNCTION + "/async-invoke-config"): ("deleteAsyncInvokeConfig", SERVICE_TYPE, "Functions"),
     ("POST", _FUNCTION + "/cancel"): ("cancelAsyncInvocation", SERVICE_TYPE, "Functions"),
+    ("POST", _FUNCTION + "/async-invocations/{request_id}/redrive"): (
+        "redriveAsyncInvocation",
+        SERVICE_TYPE,
+        "Functions",
+    ),
     ("POST", _TRIGGERS): ("createTrigger", SERVICE_TYPE, "Trigger"),
     ("DELETE", _TRIGGERS): ("deleteTrigger", SERVICE_TYPE, "Trigger"),
     ("PUT", _TRIGGER): ("updateTrigger", SERVICE_TYPE, "Trigger"),

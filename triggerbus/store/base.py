@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from invoker.records import Attempt, Record, RecordQuery, RecordState
 from schemas.async_config import AsyncInvokeConfig
 from triggerbus.store.models import (
+    QueueDepth,
     StoredDISStream,
     StoredFunction,
     StoredLogGroup,
@@ -20,6 +21,7 @@ from triggerbus.store.models import (
     StoredTopic,
     StoredTrigger,
 )
+from triggerbus.store.stats import StatsBucket
 from triggerbus.store.traces import TraceEntry, TraceQuery
 
 
@@ -89,6 +91,16 @@ class Store(Protocol):
     async def list_attempts(self, request_id: str) -> list[Attempt]: ...
 
     async def list_records(self, query: RecordQuery) -> tuple[list[Record], int]: ...
+
+    async def attempt_stats(self, function_urn: str, begin: float, end: float, bucket_s: float) -> list[StatsBucket]:
+        """A function's attempts started in ``[begin, end)`` per bucket of ``bucket_s`` seconds:
+        invocations, errors, throttles and duration percentiles (see triggerbus.store.stats)."""
+        ...
+
+    async def queue_depths(self) -> list[QueueDepth]:
+        """Per function with any WAIT or RUNNING record: how many of each, and the oldest WAIT's
+        acceptance time (the async queue, for metrics)."""
+        ...
 
     async def purge_records(self, older_than: float) -> int:
         """Retention: delete terminal records created before ``older_than``; how many went."""

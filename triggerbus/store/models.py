@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -90,3 +91,13 @@ class StoredLogStream(BaseModel):
     name: str  # unique per log group
     ttl_in_days: int  # the group's, unless set on the stream
     created: float = Field(default_factory=time.time)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueDepth:
+    """One function's unfinished async invocations (records WAIT or RUNNING)."""
+
+    function_urn: str
+    waiting: int
+    running: int
+    oldest_wait_created: float | None  # acceptance time of the oldest WAIT record

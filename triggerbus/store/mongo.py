@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
 import time
 from datetime import UTC, datetime
@@ -76,6 +77,7 @@ from invoker.records import PAYLOAD_KEEP_BYTES, RESPONSE_KEEP_BYTES, Attempt, Re
 from schemas.async_config import AsyncInvokeConfig
 from schemas.records import AsyncStatus
 from triggerbus.store.models import (
+    QueueDepth,
     StoredDISStream,
     StoredFunction,
     StoredLogGroup,
@@ -83,6 +85,7 @@ from triggerbus.store.models import (
     StoredTopic,
     StoredTrigger,
 )
+from triggerbus.store.stats import STATS_LOOKBACK_S, AttemptSample, StatsBucket, bucket_samples, check_window
 from triggerbus.store.traces import (
     TraceEntry,
     TraceQuery,
@@ -584,6 +587,8 @@ class MongoStore:
         if query.trigger_id:
             match["trigger_id"] = query.trigger_id
             index = RECORDS_BY_TRIGGER
+        if query.redrive_of:
+            match["redrive_of"] = query.redrive_of
         if query.source:
             match["source_kv"] = {"$all": [_source_key(str(k), str(v)) for k, v in query.source.items()]}
             index = RECORDS_BY_SOURCE
@@ -610,6 +615,37 @@ class MongoStore:
         """The server's ``explain`` of the page query, to check which index serves a query."""
         cursor, _, _ = self._records_cursor(query)
         return dict(await cursor.explain())
+
+    async def attempt_stats(self, function_urn: str, begin: float, end: float, bucket_s: float) -> list[StatsBucket]:
+        check_window(begin, end, bucket_s)
+        match = {"function_urn": function_urn, "created": {"$gte": begin - STATS_LOOKBACK_S, "$lt": end}}
+        fields = {f"attempt_log.{name}": 1 for name in ("start", "status", "error_code", "duration_ms")}
+        cursor = self.records.find(match, {"_id": 0, **fields}).hint(RECORDS_BY_FUNCTION)
+        samples = [
+            AttemptSample(a["start"], a.get("status", "RUNNING"), a.get("error_code", 0), a.get("duration_ms", 0.0))
+            async for doc in cursor
+            for a in doc.get("attempt_log") or []
+        ]
+        return bucket_samples(samples, begin, end, bucket_s)
+
+    async def queue_depths(self) -> list[QueueDepth]:
+        """Counted here (not with $group): unfinished records are few, and the status index serves it."""
+        match = {"status": {"$in": [AsyncStatus.WAIT.value, AsyncStatus.RUNNING.value]}}
+        cursor = self.records.find(match, {"_id": 0, "function_urn": 1, "status": 1, "created": 1})
+        waiting: dict[str, int] = {}
+        running: dict[str, int] = {}
+        oldest: dict[str, float] = {}
+        async for doc in cursor.hint(RECORDS_BY_STATUS):
+            urn = doc["function_urn"]
+            if doc["status"] == AsyncStatus.WAIT.value:
+                waiting[urn] = waiting.get(urn, 0) + 1
+                oldest[urn] = min(oldest.get(urn, math.inf), float(doc["created"]))
+            else:
+                running[urn] = running.get(urn, 0) + 1
+        return [
+            QueueDepth(urn, waiting.get(urn, 0), running.get(urn, 0), oldest.get(urn))
+            for urn in sorted({*waiting, *running})
+        ]
 
     async def purge_records(self, older_than: float) -> int:
         """Retention: drop terminal records (attempts are inside) created before ``older_than``.

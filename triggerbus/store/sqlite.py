@@ -16,6 +16,7 @@ from invoker.records import PAYLOAD_KEEP_BYTES, RESPONSE_KEEP_BYTES, Attempt, Re
 from schemas.async_config import AsyncInvokeConfig
 from schemas.records import AsyncStatus
 from triggerbus.store.models import (
+    QueueDepth,
     StoredDISStream,
     StoredFunction,
     StoredLogGroup,
@@ -23,6 +24,7 @@ from triggerbus.store.models import (
     StoredTopic,
     StoredTrigger,
 )
+from triggerbus.store.stats import STATS_LOOKBACK_S, AttemptSample, StatsBucket, bucket_samples, check_window
 from triggerbus.store.traces import (
     TraceEntry,
     TraceQuery,
@@ -85,6 +87,7 @@ CREATE INDEX IF NOT EXISTS records_function ON records(function_urn, created);
 CREATE INDEX IF NOT EXISTS records_function_status ON records(function_urn, status, created);
 CREATE INDEX IF NOT EXISTS records_status ON records(status, created);
 CREATE INDEX IF NOT EXISTS records_trigger ON records(trigger_id, created);
+CREATE INDEX IF NOT EXISTS records_redrive ON records(redrive_of);
 CREATE TABLE IF NOT EXISTS record_sources(
     request_id TEXT NOT NULL,
     name TEXT NOT NULL,
@@ -577,6 +580,9 @@ class SQLiteStore:
         if query.trigger_id:
             clauses.append("r.trigger_id = ?")
             args.append(query.trigger_id)
+        if query.redrive_of:
+            clauses.append("r.redrive_of = ?")
+            args.append(query.redrive_of)
         for name, value in query.source.items():
             clauses.append("r.request_id IN (SELECT request_id FROM record_sources WHERE name = ? AND value = ?)")
             args.extend([name, str(value)])
@@ -589,6 +595,31 @@ class SQLiteStore:
             ).fetchall()
             count = conn.execute(f"SELECT COUNT(*) FROM records r WHERE {where}", args).fetchone()[0]
             return [_row_to_record(r) for r in rows], int(count)
+
+        return await self.db.read(run)
+
+    async def attempt_stats(self, function_urn: str, begin: float, end: float, bucket_s: float) -> list[StatsBucket]:
+        check_window(begin, end, bucket_s)
+
+        def run(conn: sqlite3.Connection) -> list[AttemptSample]:
+            rows = conn.execute(
+                "SELECT a.start, a.status, a.error_code, a.duration_ms FROM records r "
+                "JOIN attempts a ON a.request_id = r.request_id "
+                "WHERE r.function_urn = ? AND r.created >= ? AND r.created < ? AND a.start >= ? AND a.start < ?",
+                (function_urn, begin - STATS_LOOKBACK_S, end, begin, end),
+            ).fetchall()
+            return [AttemptSample(r[0], r[1], r[2], r[3]) for r in rows]
+
+        return bucket_samples(await self.db.read(run), begin, end, bucket_s)
+
+    async def queue_depths(self) -> list[QueueDepth]:
+        def run(conn: sqlite3.Connection) -> list[QueueDepth]:
+            rows = conn.execute(
+                "SELECT function_urn, SUM(status = 'WAIT'), SUM(status = 'RUNNING'), "
+                "MIN(CASE WHEN status = 'WAIT' THEN created END) FROM records "
+                "WHERE status IN ('WAIT', 'RUNNING') GROUP BY function_urn"
+            ).fetchall()
+            return [QueueDepth(r[0], int(r[1]), int(r[2]), r[3]) for r in rows]
 
         return await self.db.read(run)
 

@@ -53,6 +53,7 @@ RESOURCE_TYPES: dict[str, str] = {
     "updateAsyncInvokeConfig": "Functions",
     "deleteAsyncInvokeConfig": "Functions",
     "cancelAsyncInvocation": "Functions",
+    "redriveAsyncInvocation": "Functions",
     "publishFunctionVersion": "FunctionVersions",
     "createVersionAlias": "FunctionVersionsAlias",
     "updateVersionAlias": "FunctionVersionsAlias",
