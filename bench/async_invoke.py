@@ -40,19 +40,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
+from cryptography.fernet import Fernet
 
 from bench._common import (
     FGS,
@@ -75,7 +77,9 @@ from bench._common import (
     default_workers,
     free_port,
     fs_type,
+    function_body,
     iso_ts,
+    load_average,
     machine_basics,
     noop_handler,
     noop_zip,
@@ -92,9 +96,9 @@ from bench._common import (
 from invoker.runtime.base import FunctionSpec, InvocationRequest
 from invoker.runtime.codepkg import extract_zip
 from invoker.runtime.python_runtime import PythonRuntime
+from tests.support.servers import start_secantus, start_tansu
 
 INVOKE_PATH = f"{FGS}/functions/{URN}/invocations-async"
-RECORDS_PATH = f"{FGS}/functions/{URN}/async-invocations"
 JSON_HEADERS = {"Content-Type": "application/json"}
 
 
@@ -166,7 +170,7 @@ def invocation_body(i: int) -> bytes:
 
 async def drive(
     session: aiohttp.ClientSession,
-    url: str,
+    url: str | Sequence[str],
     *,
     name: str,
     requests: int,
@@ -180,6 +184,9 @@ async def drive(
 ) -> Load:
     """``concurrency`` clients send ``requests`` POSTs in total, each as soon as its last answered.
 
+    With several ``url``, request ``i`` goes to ``url[i % len(url)]`` (several service processes or
+    functions).
+
     Request ``i`` carries ``body(first_index + i)``, made before the clock starts; an answer is good
     with ``status_ok``, and with ``request_ids`` it holds the ``request_id`` of an async invocation
     (kept for the records API).
@@ -192,13 +199,14 @@ async def drive(
     sent = [0.0] * requests
     counter = iter(range(requests))
     bodies = [body(first_index + i) for i in range(requests)]
+    urls = [url] if isinstance(url, str) else list(url)
 
     async def client() -> None:
         for i in counter:
             sent[i] = time.time()
             t0 = time.perf_counter()
             try:
-                async with session.post(url, data=bodies[i], headers=JSON_HEADERS) as resp:
+                async with session.post(urls[i % len(urls)], data=bodies[i], headers=JSON_HEADERS) as resp:
                     raw = await resp.read()
                     status = resp.status
             except (aiohttp.ClientError, TimeoutError) as exc:
@@ -380,12 +388,20 @@ class EndToEnd:
     send_to_end_ms: Dist | None  # client send -> attempt end
 
 
-async def count_status(http: aiohttp.ClientSession, base: str, status: str) -> int:
-    async with http.get(base + RECORDS_PATH, params={"status": status, "limit": "1"}) as resp:
-        body = await resp.json()
-        if resp.status != 200:
-            raise RuntimeError(f"list records: HTTP {resp.status}: {body}")
-        return int(body["count"])
+def records_path(urn: str) -> str:
+    return f"{FGS}/functions/{urn}/async-invocations"
+
+
+async def count_status(http: aiohttp.ClientSession, base: str, status: str, urns: Sequence[str] = (URN,)) -> int:
+    """Records in ``status``, summed over the functions ``urns``."""
+    total = 0
+    for urn in urns:
+        async with http.get(base + records_path(urn), params={"status": status, "limit": "1"}) as resp:
+            body = await resp.json()
+            if resp.status != 200:
+                raise RuntimeError(f"list records: HTTP {resp.status}: {body}")
+            total += int(body["count"])
+    return total
 
 
 @dataclass
@@ -396,14 +412,19 @@ class Poll:
 
 
 async def wait_for_success(
-    http: aiohttp.ClientSession, base: str, already: int, progress: Progress, interval: float = 0.05
+    http: aiohttp.ClientSession,
+    base: str,
+    already: int,
+    progress: Progress,
+    interval: float = 0.05,
+    urns: Sequence[str] = (URN,),
 ) -> Poll:
     """Poll the SUCCESS count until it reaches ``already`` plus everything ``progress`` had accepted."""
     poll = Poll()
 
     async def probe() -> tuple[bool, int]:
         finished, accepted = progress.finished, progress.accepted  # read before the count is asked
-        poll.count = await count_status(http, base, "SUCCESS")
+        poll.count = await count_status(http, base, "SUCCESS", urns)
         now = time.perf_counter()
         poll.max_backlog = max(poll.max_backlog, already + accepted - poll.count)
         if finished and poll.count >= already + accepted:
@@ -417,24 +438,26 @@ async def wait_for_success(
 async def warm_up(
     post: Callable[..., Awaitable[Load]],
     session: aiohttp.ClientSession,
-    url: str,
+    url: str | Sequence[str],
     observer: aiohttp.ClientSession,
     base: str,
     args: argparse.Namespace,
+    urns: Sequence[str] = (URN,),
 ) -> Poll:
     """``--warmup`` unmeasured requests with ``post`` (:func:`drive` or a partial of it), which must also
     complete, so that the workers are warm when the measurement starts."""
     progress = Progress()
     await post(session, url, name="warm-up", requests=args.warmup, concurrency=args.concurrency, progress=progress)
-    warm = await wait_for_success(observer, base, 0, progress)
+    warm = await wait_for_success(observer, base, 0, progress, urns=urns)
     if warm.done_at is None:
         raise RuntimeError("the warm-up invocations did not complete; see the server log")
     return warm
 
 
 async def sample_records(
-    http: aiohttp.ClientSession, base: str, load: Load, size: int
+    http: aiohttp.ClientSession, base: str, load: Load, size: int, urns: Sequence[str] = (URN,)
 ) -> tuple[list[float], list[float], list[float], dict[str, int]]:
+    """Timings of ``size`` records spread over ``load``; request ``i`` went to function ``urns[i % len(urns)]``."""
     indices = sorted({round(k * (load.requests - 1) / max(1, size - 1)) for k in range(size)})
     indices = [i for i in indices if load.request_ids[i]]
     durations: list[float] = []
@@ -444,7 +467,8 @@ async def sample_records(
     gate = asyncio.Semaphore(8)
 
     async def fetch(i: int) -> None:
-        async with gate, http.get(f"{base}{RECORDS_PATH}/{load.request_ids[i]}") as resp:
+        path = records_path(urns[i % len(urns)])
+        async with gate, http.get(f"{base}{path}/{load.request_ids[i]}") as resp:
             record = await resp.json()
         statuses[record["status"]] = statuses.get(record["status"], 0) + 1
         attempts = record.get("attempt_details") or []
@@ -460,50 +484,115 @@ async def sample_records(
     return durations, waits, ends, statuses
 
 
+def function_urn(name: str) -> str:
+    return URN.replace(f":function:default:{FUNCTION}:", f":function:default:{name}:")
+
+
+async def create_named_function(http: aiohttp.ClientSession, base: str, name: str, max_instances: int) -> str:
+    """The no-op function under ``name`` (``--functions`` > 1 spreads invocations over bus partitions)."""
+    if name == FUNCTION:
+        await create_function(http, base, max_instances)
+        return URN
+    body = {**function_body(max_instances), "func_name": name}
+    async with http.post(f"{base}{FGS}/functions", json=body) as resp:
+        if resp.status != 200:
+            raise RuntimeError(f"create function: HTTP {resp.status}: {await resp.text()}")
+    return function_urn(name)
+
+
+@contextlib.asynccontextmanager
+async def triggerbus_services(
+    args: argparse.Namespace, tmp: Path, helpers: dict[str, int]
+) -> AsyncIterator[list[tuple[str, int]]]:
+    """``--processes`` services: (base URL, pid) each; with ``--bus kafka`` a tansu broker of the bench's own,
+    with ``--store mongo`` a SecantusDB (MongoDB wire protocol) server as their shared store (their pids go
+    into ``helpers``, for CPU accounting)."""
+    env = {"TRIGGERBUS_SQLITE_SYNCHRONOUS": args.sync, "TRIGGERBUS_MAX_WORKERS": str(args.workers)}
+    async with contextlib.AsyncExitStack() as stack:
+        if args.bus == "kafka":
+            broker = await asyncio.to_thread(start_tansu)
+            stack.callback(broker.stop)
+            if broker.proc is not None:
+                helpers["broker"] = broker.proc.pid
+            env |= {
+                "TRIGGERBUS_BUS": f"kafka://{broker.address}",
+                "TRIGGERBUS_KAFKA_PARTITIONS": str(args.partitions),
+                "TRIGGERBUS_KAFKA_FETCH_MAX_WAIT_MS": "50",  # tansu answers a waiting fetch only at its deadline
+                "TRIGGERBUS_KAFKA_SESSION_TIMEOUT_S": "6",
+            }
+        if args.store == "mongo":
+            mongo = await asyncio.to_thread(start_secantus)
+            stack.callback(mongo.stop)
+            if mongo.proc is not None:
+                helpers["store"] = mongo.proc.pid
+            env |= {"TRIGGERBUS_STORE": mongo.address, "TRIGGERBUS_SECRET_KEY": Fernet.generate_key().decode()}
+        services = []
+        for k in range(args.processes):
+            data = tmp / f"triggerbus-data-{k}"
+            services.append(
+                await stack.enter_async_context(triggerbus_server(data, tmp / f"triggerbus-{k}.log", **env))
+            )
+        yield services
+
+
 async def triggerbus_phase(args: argparse.Namespace, tmp: Path) -> tuple[Load, EndToEnd | None]:
-    service = triggerbus_server(
-        tmp / "triggerbus-data",
-        tmp / "triggerbus.log",
-        TRIGGERBUS_SQLITE_SYNCHRONOUS=args.sync,
-        TRIGGERBUS_MAX_WORKERS=str(args.workers),
-    )
+    helpers: dict[str, int] = {}
     async with (
-        service as (base, pid),
+        triggerbus_services(args, tmp, helpers) as services,
         new_session(args.concurrency) as session,
         new_session(8) as observer,
     ):
-        url = base + INVOKE_PATH
-        await create_function(observer, base, args.max_instances)
-        warm = await warm_up(drive, session, url, observer, base, args)
+        base = services[0][0]  # the observer's view: with several processes the store is shared
+        pids = [pid for _, pid in services]
+        names = [FUNCTION, *(f"{FUNCTION}{k}" for k in range(2, args.functions + 1))]
+        urns = [await create_named_function(observer, base, name, args.max_instances) for name in names]
+        # request i: process i % P, function (i // P) % F -- every process serves every function
+        targets = [
+            (services[i % len(services)][0], urns[(i // len(services)) % len(urns)])
+            for i in range(len(services) * len(urns))
+        ]
+        urls = [f"{b}{FGS}/functions/{u}/invocations-async" for b, u in targets]
+        target_urns = [u for _, u in targets]
+        warm = await warm_up(drive, session, urls, observer, base, args, urns)
 
         progress = Progress()
-        before = cpu_snapshot(pid)
+        before = [cpu_snapshot(pid) for pid in pids]
+        helper_cpu = {name: cpu_snapshot(pid) for name, pid in helpers.items()}
         client_cpu = time.process_time()
-        poller = asyncio.create_task(wait_for_success(observer, base, warm.count, progress))
+        poller = asyncio.create_task(wait_for_success(observer, base, warm.count, progress, urns=urns))
+        label = f"Triggerbus accept, synchronous={args.sync}"
+        if args.bus == "kafka":
+            label = f"Triggerbus accept, Kafka bus, {args.processes} process(es), {args.functions} function(s)"
         try:
             load = await drive(
                 session,
-                url,
-                name=f"Triggerbus accept, synchronous={args.sync}",
+                urls,
+                name=label,
                 requests=args.requests,
                 concurrency=args.concurrency,
                 first_index=args.warmup,
-                server_pid=pid,
                 progress=progress,
             )
             accept_end = load.t_start + load.wall_s
-            done_at_accept = await count_status(observer, base, "SUCCESS") - warm.count
+            at_accept_end = [cpu_snapshot(pid) for pid in pids]
+            done_at_accept = await count_status(observer, base, "SUCCESS", urns) - warm.count
             poll = await poller
         finally:
             poller.cancel()  # no-op once it finished; stops it if the run was interrupted
-        server_cpu, worker_cpu = cpu_delta(before, cpu_snapshot(pid), pid)
+        splits = [cpu_delta(b, cpu_snapshot(pid), pid) for b, pid in zip(before, pids, strict=True)]
+        server_cpu, worker_cpu = sum(x for x, _ in splits), sum(y for _, y in splits)
+        accepting = [cpu_delta(b, m, pid) for b, m, pid in zip(before, at_accept_end, pids, strict=True)]
+        load.server_cpu_s, load.worker_cpu_s = sum(x for x, _ in accepting), sum(y for _, y in accepting)
         client_cpu_s = time.process_time() - client_cpu
-        others = {s: await count_status(observer, base, s) for s in ("FAIL", "DISCARD", "WAIT", "RUNNING")}
+        for name, pid in helpers.items():
+            used = sum(cpu_delta(helper_cpu[name], cpu_snapshot(pid), pid))
+            print(f"  .. CPU of the {name} over the Triggerbus run: {used:.1f} s", file=sys.stderr)
+        others = {s: await count_status(observer, base, s, urns) for s in ("FAIL", "DISCARD", "WAIT", "RUNNING")}
         if poll.done_at is None:
             done = poll.count - warm.count
             print(f"!! completions stalled at {done} of {load.ok}; other statuses {others}", file=sys.stderr)
             return load, None
-        durations, waits, ends, _ = await sample_records(observer, base, load, args.sample)
+        durations, waits, ends, _ = await sample_records(observer, base, load, args.sample, target_urns)
         e2e = poll.done_at - load.t_start
         result = EndToEnd(
             completed=poll.count - warm.count,
@@ -538,6 +627,11 @@ def machine_info(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         "workers": args.workers,
         "warmup": args.warmup,
         "max_instances": args.max_instances or "service default",
+        "bus": "embedded SQLite" if args.bus == "sqlite" else f"Kafka (tansu, {args.partitions} partitions)",
+        "store": "SQLite" if args.store == "sqlite" else "SecantusDB (MongoDB wire protocol), shared",
+        "processes": args.processes,
+        "functions": args.functions,
+        "loadavg_at_start": load_average(),
     }
 
 
@@ -755,14 +849,40 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=200, help="unmeasured warm-up requests per phase (default 200)")
     parser.add_argument("--sample", type=int, default=200, help="records sampled for per-record timings (default 200)")
     parser.add_argument("--max-instances", type=int, default=0, help="function max_instance_num (default: service's)")
+    parser.add_argument(
+        "--bus",
+        choices=("sqlite", "kafka"),
+        default="sqlite",
+        help="the service's bus (kafka: a tansu of the bench's own)",
+    )
+    parser.add_argument("--partitions", type=int, default=8, help="Kafka bus partitions per topic (default 8)")
+    parser.add_argument(
+        "--processes", type=int, default=1, help="service processes (> 1: Kafka bus, shared SecantusDB store)"
+    )
+    parser.add_argument(
+        "--store",
+        choices=("sqlite", "mongo"),
+        default=None,
+        help="the service's store (default: sqlite for one process; mongo = a SecantusDB of the bench's own)",
+    )
+    parser.add_argument(
+        "--functions", type=int, default=1, help="no-op functions invoked round-robin (bus partitions are per function)"
+    )
     add_output_args(parser)
     # Internal: this module is also the baseline server, run as a subprocess.
     parser.add_argument("--floor-server", choices=("http", "sqlite"), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--floor-db", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.requests < 1 or args.concurrency < 1 or args.workers < 1 or args.warmup < 1:
-        parser.error("--requests, --concurrency, --workers and --warmup must be at least 1")
+    if min(args.requests, args.concurrency, args.workers, args.warmup, args.processes, args.functions) < 1:
+        parser.error("--requests, --concurrency, --workers, --warmup, --processes, --functions must be at least 1")
+    if args.processes > 1 and args.bus != "kafka":
+        parser.error("several --processes need --bus kafka (the embedded bus is one process's)")
+    args.store = args.store or ("mongo" if args.processes > 1 else "sqlite")
+    if args.store == "mongo" and args.bus != "kafka":
+        parser.error("--store mongo needs --bus kafka (as the service requires)")
+    if args.processes > 1 and args.store != "mongo":
+        parser.error("several --processes share a store: --store mongo")
     return args
 
 

@@ -96,6 +96,7 @@ def _error(status: int, code: str, message: str, request_id: str) -> web.Respons
 
 class ApigConnector(Connector):
     trigger_types: ClassVar[tuple[str, ...]] = ("APIG", "DEDICATEDGATEWAY", "APIC")
+    validates_against_existing: ClassVar[bool] = True
     public_prefixes: ClassVar[tuple[str, ...]] = (INGRESS_PREFIX,)  # each API applies its own auth
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -161,6 +161,9 @@ class Connector(abc.ABC):
     # Paths under these prefixes skip the management token: the connector's ingress
     # applies its own auth (APIG's per-API auth, for instance).
     public_prefixes: ClassVar[tuple[str, ...]] = ()
+    # True when ``validate`` reads ``existing`` (the triggers of this connector's types); the
+    # others get an empty list, so creating a trigger does not read every stored trigger.
+    validates_against_existing: ClassVar[bool] = False
 
     def __init__(self, ctx: ConnectorContext) -> None:
         self.ctx = ctx

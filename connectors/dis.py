@@ -49,24 +49,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
-from connectors.base import Connector, ConnectorContext, Lag, TriggerSpec
+from connectors.base import ConnectorContext, TriggerSpec
 from connectors.redis_streams import (
-    DRAIN_S,
-    LEASE_TTL_S,
-    TRIM_INTERVAL_S,
     ZERO_ID,
     Entry,
     ShardState,
     SourceMissing,
     StreamBackend,
+    StreamConnector,
     StreamRunner,
     StreamsUnavailable,
     entry_id,
     id_before,
     id_ms,
-    runner_lag,
     sequence_number,
-    trim_forever,
 )
 from invoker.envelope import StreamItem
 from invoker.ingest import OVERSIZED_CODE
@@ -95,7 +91,6 @@ DEFAULT_CONCURRENCY = 10
 MIN_IDLE_POLL_S = 0.01
 MAX_POLLING_S = 86400
 EXISTS_CHECK_S = 10.0
-ACTIVATE_WAIT_S = 5.0
 TAG = "latest"
 _RECORD_OVERHEAD = len('{"partition_key":,"data":"","sequence_number":""},')
 _EVENT_OVERHEAD = 1024  # ShardID, StreamName, cursor and the rest of the envelope
@@ -468,46 +463,23 @@ def _number_or_none(value: str) -> str | None:
 # -- the connector ---------------------------------------------------------------------------------------
 
 
-class DISConnector(Connector):
+class DISConnector(StreamConnector):
     trigger_types: ClassVar[tuple[str, ...]] = ("DIS",)
+    kind: ClassVar[str] = "dis"
+    source_name: ClassVar[str] = "DIS streams"
 
     def __init__(self, ctx: ConnectorContext) -> None:
         super().__init__(ctx)
         self.store: DISStore | None = ctx.state if isinstance(ctx.state, DISStore) else None
-        url = str(ctx.options.get("streams_redis") or "")
-        self.backend: StreamBackend | None = (
-            StreamBackend(url, str(ctx.options.get("streams_prefix") or "triggerbus")) if url else None
-        )
-        self.lease_ttl_s = float(ctx.options.get("streams_lease_ttl_s") or LEASE_TTL_S)
-        self.drain_s = float(ctx.options.get("streams_drain_s", DRAIN_S))
-        self.trim_interval_s = float(ctx.options.get("streams_trim_interval_s") or TRIM_INTERVAL_S)
-        self._runners: dict[str, _Runner] = {}
-        self._trimmer: asyncio.Task[None] | None = None
 
-    # -- lifecycle -----------------------------------------------------------------------------------
-
-    async def start(self) -> None:
-        if self.backend is not None:
-            self._trimmer = asyncio.create_task(trim_forever(self.backend, self.trim_interval_s), name="dis-trim")
-
-    async def close(self) -> None:
-        runners = list(self._runners.values())
-        self._runners.clear()
-        await asyncio.gather(*(r.stop(self.drain_s) for r in runners), return_exceptions=True)
-        if self._trimmer is not None:
-            self._trimmer.cancel()
-            await asyncio.gather(self._trimmer, return_exceptions=True)
-        if self.backend is not None:
-            await self.backend.close()
+    def new_runner(self, backend: StreamBackend, trigger: TriggerSpec) -> StreamRunner:
+        return _Runner(self, backend, trigger, resolve_config(trigger))
 
     def _require(self) -> tuple[StreamBackend, DISStore]:
-        if self.backend is None:
-            raise unavailable(
-                "DIS streams need a Redis server: start the service with TRIGGERBUS_STREAMS_REDIS=redis://host:6379/0"
-            )
+        backend = self.require_backend()
         if self.store is None:
             raise unavailable("DIS streams need the service store")
-        return self.backend, self.store
+        return backend, self.store
 
     async def validate(self, trigger: TriggerSpec, *, existing: list[TriggerSpec]) -> dict[str, Any]:
         cfg = resolve_config(trigger)
@@ -518,34 +490,6 @@ class DISConnector(Connector):
                 f"{cfg.project_id}; create it first (POST /v2/{cfg.project_id}/streams)"
             )
         return {}
-
-    async def activate(self, trigger: TriggerSpec) -> None:
-        cfg = resolve_config(trigger)
-        if self.backend is None:
-            # Not an FSSError: at service start this must not stop the other triggers (the
-            # trigger manager records it as the trigger's last_error).
-            raise RuntimeError(f"{trigger.trigger_type} triggers need TRIGGERBUS_STREAMS_REDIS; this service has none")
-        backend = self.backend
-        old = self._runners.pop(trigger.trigger_id, None)
-        if old is not None:
-            await old.stop(self.drain_s)
-        runner = _Runner(self, backend, trigger, cfg)
-        self._runners[trigger.trigger_id] = runner
-        await runner.pin_start_positions(ACTIVATE_WAIT_S)
-        runner.start()
-        await runner.wait_positioned(ACTIVATE_WAIT_S)  # so "LATEST" means "from now on"
-
-    async def deactivate(self, trigger_id: str) -> None:
-        runner = self._runners.pop(trigger_id, None)
-        if runner is not None:
-            await runner.stop(self.drain_s)
-
-    def status(self, trigger_id: str) -> dict[str, Any]:
-        runner = self._runners.get(trigger_id)
-        return runner.status() if runner is not None else {}
-
-    async def lag(self, trigger_id: str) -> Lag:
-        return await runner_lag(self._runners.get(trigger_id))
 
     # -- streams -------------------------------------------------------------------------------------
 

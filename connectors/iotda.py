@@ -35,6 +35,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import random
 import threading
 import time
 import uuid
@@ -67,6 +68,14 @@ QOS0_ADMIT_BELOW = INBOX_SIZE - 2 * RECEIVE_MAXIMUM  # QoS 0 never takes the roo
 KEEPALIVE_S = 30
 PIPELINE_DEPTH = 32  # messages of one trigger being handed to the bus at once
 RECONNECT_MIN_S, RECONNECT_MAX_S = 1, 30
+
+
+def reconnect_backoff(attempt: int) -> float:
+    """The wait before reconnect number ``attempt`` (0-based): capped exponential backoff with equal
+    jitter, from 0.5-1 s up to 15-30 s. paho's own reconnect delay doubles without jitter, so every
+    trigger of a restarted broker would come back in lockstep; :class:`MqttLink` sets this instead."""
+    ceiling = min(float(RECONNECT_MAX_S), RECONNECT_MIN_S * 2.0 ** min(attempt, 16))
+    return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
 class PoisonMessage(ValueError):
@@ -271,6 +280,7 @@ class MqttLink:
         self._lock = threading.Lock()
         self._generation = 0
         self._stopping = False
+        self._failures = 0  # connection attempts failed (or connections lost) since the last success
         v5 = config.mqtt_version == "5"
         self.client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
@@ -281,7 +291,7 @@ class MqttLink:
         )
         if config.username or config.password:
             self.client.username_pw_set(config.username or "", config.password)
-        self.client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
+        self.client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)  # replaced at the first failure
         self.client.on_connect = self._on_connect
         self.client.on_connect_fail = self._on_connect_fail
         self.client.on_disconnect = self._on_disconnect
@@ -323,21 +333,32 @@ class MqttLink:
 
     # -- paho's thread ---------------------------------------------------------------------------
 
+    def _next_reconnect(self) -> None:
+        """Make paho wait :func:`reconnect_backoff` before its next reconnect: ``reconnect_delay_set``
+        resets paho's delay, so its next wait is exactly the (jittered) minimum given here. Called
+        before paho waits: on a failed or refused connect and on a lost connection."""
+        delay = reconnect_backoff(self._failures)
+        self._failures += 1
+        self.client.reconnect_delay_set(delay, delay)  # type: ignore[arg-type]  # paho sleeps any float
+
     def _on_connect(
         self, client: mqtt.Client, userdata: Any, flags: mqtt.ConnectFlags, reason: ReasonCode, props: Any
     ) -> None:
         if reason.is_failure:
             self.last_error = f"broker refused the connection: {reason}"
+            self._next_reconnect()
             return
         self.connected = True
+        self._failures = 0
         self.session_present = bool(flags.session_present)
         # Subscribing again on every connect is harmless with a kept session and needed without one.
         client.subscribe([(topic, self.config.qos) for topic in self.config.topics])
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        self._next_reconnect()
         self.last_error = (
             f"cannot reach the MQTT broker at {self.config.host}:{self.config.port}; "
-            f"retrying every {RECONNECT_MIN_S}-{RECONNECT_MAX_S} s"
+            f"retrying with jittered backoff ({RECONNECT_MIN_S / 2:g} s up to {RECONNECT_MAX_S} s)"
         )
 
     def _on_subscribe(
@@ -355,6 +376,7 @@ class MqttLink:
         with self._lock:
             self._generation += 1
         was_connected, self.connected, self.subscribed = self.connected, False, False
+        self._next_reconnect()
         if was_connected and not self._stopping:  # (a refused connect keeps its own message)
             self.last_error = f"disconnected from the broker ({reason}); reconnecting"
 

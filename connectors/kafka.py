@@ -99,6 +99,8 @@ ACTIVATE_WAIT_S = 5.0  # activate() waits this long for the start position to be
 DRAIN_S = 3.0  # on deactivate, wait this long for in-flight records to finish before committing
 ADMIN_TIMEOUT_S = 20.0  # checkpoint reads/writes and start-position resolution
 COMMIT_TIMEOUT_S = 10.0  # one offset commit, or leaving the group
+PROBE_IDLE_S = 2.0  # an idle consumer asks for the cluster's metadata this often (see _Runner._probe)
+PROBE_TIMEOUT_S = 5.0
 
 # aiokafka consumer settings applied to every consumer this connector makes; the service may
 # override them with ``options["kafka_consumer"]`` (tests shorten the group timeouts).
@@ -461,6 +463,7 @@ class _Runner:
             except Exception as exc:
                 self.error("consumer failed" if self.positioned.is_set() else "resolving start positions", exc)
                 self.first_attempt_done.set()
+                self.state = "reconnecting"  # closing may wait for a dead broker (bounded)
                 await self._close_consumer()
                 if self.stopping:
                     return
@@ -478,12 +481,18 @@ class _Runner:
         self.state = "running"
         self.first_attempt_done.set()
         self._committer = asyncio.create_task(self._commit_loop(), name=f"kafka-commit-{cfg.trigger_id}")
+        contact = time.monotonic()
         while not self.stopping:
             batch = await consumer.getmany(timeout_ms=1000, max_records=FETCH_MAX_RECORDS)
             generation = self.assign_generation
-            self.attempt = 0
             if self.stopping:
                 return  # fetched but not handed over: read again from the committed offset
+            if batch:
+                contact = time.monotonic()
+            elif time.monotonic() - contact >= PROBE_IDLE_S:
+                await self._probe(consumer)
+                contact = time.monotonic()
+            self.attempt = 0
             await self._refresh_committed(consumer)
             for tp, records in batch.items():
                 if generation != self.assign_generation:
@@ -491,6 +500,22 @@ class _Runner:
                     # assignment restarts from the committed offsets, so these are re-fetched.
                     break
                 await self._handle(consumer, tp, records)
+
+    async def _probe(self, consumer: AIOKafkaConsumer) -> None:
+        """Raise if no broker answers a metadata request.
+
+        aiokafka reconnects inside ``getmany`` by itself, forever and without jitter, and an idle
+        consumer cannot tell a quiet topic from a dead broker. So when nothing arrived for
+        :data:`PROBE_IDLE_S`, ask the cluster; if nobody answers, :meth:`_run` rebuilds the consumer
+        with its capped, jittered backoff, and the trigger's state (and ``/health``) says so.
+        """
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT_S):
+                await consumer.topics()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise ConnectionError(f"no broker of {self.cfg.bootstrap} answers: {type(exc).__name__}: {exc}") from exc
 
     async def _refresh_committed(self, consumer: AIOKafkaConsumer) -> None:
         for tp, part in list(self.parts.items()):

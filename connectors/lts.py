@@ -29,7 +29,6 @@ batches whose invocation finished (a poison batch after its retries, too).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -39,22 +38,18 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
-from connectors.base import Connector, ConnectorContext, Lag, TriggerSpec
+from connectors.base import ConnectorContext, TriggerSpec
 from connectors.redis_streams import (
-    DRAIN_S,
-    LEASE_TTL_S,
-    TRIM_INTERVAL_S,
     ZERO_ID,
     Entry,
     ShardState,
     SourceMissing,
     StreamBackend,
+    StreamConnector,
     StreamRunner,
     StreamsUnavailable,
     id_before,
-    runner_lag,
     sequence_number,
-    trim_forever,
 )
 from schemas.base import json_compact
 from schemas.errors import FSSError, bad_request, conflict, not_found, unavailable
@@ -70,7 +65,6 @@ MAX_WINDOW_MS = 300_000
 READ_COUNT = 256  # logs per Redis read
 POLL_S = 0.1  # how often an idle log stream is looked at for logs reported through other processes
 IN_FLIGHT = 8  # unfinished batches per trigger
-ACTIVATE_WAIT_S = 5.0
 _SPLIT_RESERVE = {"split_index": 999999, "split_count": 999999}  # widest split markers, for sizing
 LABEL_FIELDS = {
     "host_name": ("host_name", "hostName"),
@@ -382,46 +376,24 @@ def _decode_log(entry: Entry) -> dict[str, Any]:
 # -- the connector ---------------------------------------------------------------------------------------
 
 
-class LTSConnector(Connector):
+class LTSConnector(StreamConnector):
     trigger_types: ClassVar[tuple[str, ...]] = ("LTS",)
+    kind: ClassVar[str] = "lts"
+    source_name: ClassVar[str] = "LTS log streams"
 
     def __init__(self, ctx: ConnectorContext) -> None:
         super().__init__(ctx)
         self.store: LTSStore | None = ctx.state if isinstance(ctx.state, LTSStore) else None
-        url = str(ctx.options.get("streams_redis") or "")
-        self.backend: StreamBackend | None = (
-            StreamBackend(url, str(ctx.options.get("streams_prefix") or "triggerbus")) if url else None
-        )
-        self.lease_ttl_s = float(ctx.options.get("streams_lease_ttl_s") or LEASE_TTL_S)
-        self.drain_s = float(ctx.options.get("streams_drain_s", DRAIN_S))
-        self.trim_interval_s = float(ctx.options.get("streams_trim_interval_s") or TRIM_INTERVAL_S)
-        self._runners: dict[str, _Runner] = {}
-        self._trimmer: asyncio.Task[None] | None = None
         self.reported = 0
 
-    async def start(self) -> None:
-        if self.backend is not None:
-            self._trimmer = asyncio.create_task(trim_forever(self.backend, self.trim_interval_s), name="lts-trim")
-
-    async def close(self) -> None:
-        runners = list(self._runners.values())
-        self._runners.clear()
-        await asyncio.gather(*(r.stop(self.drain_s) for r in runners), return_exceptions=True)
-        if self._trimmer is not None:
-            self._trimmer.cancel()
-            await asyncio.gather(self._trimmer, return_exceptions=True)
-        if self.backend is not None:
-            await self.backend.close()
+    def new_runner(self, backend: StreamBackend, trigger: TriggerSpec) -> StreamRunner:
+        return _Runner(self, backend, trigger, resolve_config(trigger))
 
     def _require(self) -> tuple[StreamBackend, LTSStore]:
-        if self.backend is None:
-            raise unavailable(
-                "LTS log streams need a Redis server: start the service with "
-                "TRIGGERBUS_STREAMS_REDIS=redis://host:6379/0"
-            )
+        backend = self.require_backend()
         if self.store is None:
             raise unavailable("LTS log streams need the service store")
-        return self.backend, self.store
+        return backend, self.store
 
     # -- triggers --------------------------------------------------------------------------------------
 
@@ -440,34 +412,6 @@ class LTSConnector(Connector):
                 f"{group.name!r} ({cfg.log_group_id})"
             )
         return {"log_group_name": group.name, "log_topic_name": stream.name}
-
-    async def activate(self, trigger: TriggerSpec) -> None:
-        cfg = resolve_config(trigger)
-        if self.backend is None:
-            # Not an FSSError: at service start this must not stop the other triggers (the
-            # trigger manager records it as the trigger's last_error).
-            raise RuntimeError(f"{trigger.trigger_type} triggers need TRIGGERBUS_STREAMS_REDIS; this service has none")
-        backend = self.backend
-        old = self._runners.pop(trigger.trigger_id, None)
-        if old is not None:
-            await old.stop(self.drain_s)
-        runner = _Runner(self, backend, trigger, cfg)
-        self._runners[trigger.trigger_id] = runner
-        await runner.pin_start_positions(ACTIVATE_WAIT_S)
-        runner.start()
-        await runner.wait_positioned(ACTIVATE_WAIT_S)  # logs reported once this returns reach the trigger
-
-    async def deactivate(self, trigger_id: str) -> None:
-        runner = self._runners.pop(trigger_id, None)
-        if runner is not None:
-            await runner.stop(self.drain_s)
-
-    def status(self, trigger_id: str) -> dict[str, Any]:
-        runner = self._runners.get(trigger_id)
-        return runner.status() if runner is not None else {}
-
-    async def lag(self, trigger_id: str) -> Lag:
-        return await runner_lag(self._runners.get(trigger_id))
 
     # -- groups and streams ----------------------------------------------------------------------------
 

@@ -48,6 +48,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import re
 import secrets
 import time
@@ -163,6 +164,15 @@ class ObjectEvent:
     def eventgrid_id(self) -> str:
         """The CloudEvent id: the S3 request id as OBS uses it, else derived from the identity."""
         return self.request_id or str(uuid.uuid5(_EVENT_NAMESPACE, self.identity()))
+
+
+def reconcile_start(created: float) -> float:
+    """The first watermark of a trigger: the whole second it was created in.
+
+    S3 ``LastModified`` has whole seconds, so an object uploaded 0.4 s after the trigger was
+    created can look older than the trigger; starting at the second keeps it in the scan.
+    """
+    return float(math.floor(created))
 
 
 def request_id_for(trigger_id: str, event: ObjectEvent) -> str:
@@ -394,8 +404,9 @@ def parse_notification(document: object, *, region: str) -> Notification:
             raise NotificationError("Message: an SNS Notification carries the S3 event as a JSON string")
         try:
             inner = json.loads(message)
-        except json.JSONDecodeError as exc:
-            raise NotificationError(f"Message: is not JSON ({exc.msg}); expected an S3 event notification") from None
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, huge numbers, deep nesting
+            reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "not parseable"
+            raise NotificationError(f"Message: is not JSON ({reason}); expected an S3 event notification") from None
         return _records(_mapping(inner, "Message"), "Message", region)
     return _records(document, "", region)
 
@@ -829,7 +840,7 @@ class OBSConnector(Connector):
             checkpoint = await self.ctx.state.get_checkpoint(trigger.trigger_id, RECONCILE_CHECKPOINT)
             if not isinstance(checkpoint, dict) or "since" not in checkpoint:
                 await self.ctx.state.put_checkpoint(
-                    trigger.trigger_id, RECONCILE_CHECKPOINT, {"since": trigger.created}
+                    trigger.trigger_id, RECONCILE_CHECKPOINT, {"since": reconcile_start(trigger.created)}
                 )
             configured.next_scan = time.time() + configured.reconcile_interval_s
             self._wakeup.set()
@@ -1112,7 +1123,7 @@ class OBSConnector(Connector):
             return 0  # another process scans this trigger
         checkpoint = await self.ctx.state.get_checkpoint(trigger_id, RECONCILE_CHECKPOINT)
         since = float(checkpoint["since"]) if isinstance(checkpoint, dict) and "since" in checkpoint else None
-        since = trigger.spec.created if since is None else since
+        since = reconcile_start(trigger.spec.created) if since is None else since
         cutoff = time.time() - self.reconcile_settle_s
         if cutoff <= since:
             return 0
@@ -1142,7 +1153,7 @@ class OBSConnector(Connector):
                     event.key,
                 )
         # Look back again next time: LastModified of a multipart upload is its start, and clocks drift.
-        new_since = max(since, cutoff - self.reconcile_lookback_s, trigger.spec.created)
+        new_since = max(since, cutoff - self.reconcile_lookback_s, reconcile_start(trigger.spec.created))
         await self.ctx.state.put_checkpoint(trigger_id, RECONCILE_CHECKPOINT, {"since": new_since})
         trigger.stats.scans += 1
         trigger.stats.last_scan_at = time.time()
@@ -1162,7 +1173,7 @@ class ListedObject:
 def _list_modified(
     client: Minio, object_filter: ObjectFilter, since: float, cutoff: float
 ) -> tuple[list[ListedObject], float]:
-    """(objects under the trigger's prefix modified in (since, cutoff], oldest first; the cutoff).
+    """(objects under the trigger's prefix modified in [since, cutoff], oldest first; the cutoff).
 
     Runs in a worker thread: the minio client is blocking. A bucket listing is in key order, not
     time order, so all of the prefix is listed; at most :data:`MAX_SCAN_CANDIDATES` are returned, the
@@ -1183,7 +1194,7 @@ def _list_modified(
         if not name.endswith(object_filter.suffix):
             continue
         modified = obj.last_modified.timestamp()
-        if not since < modified <= cutoff:
+        if not since <= modified <= cutoff:
             continue
         version = obj.version_id if versioned and obj.version_id not in (None, "null") else ""
         found.append(ListedObject(name, (obj.etag or "").strip('"'), obj.size, obj.last_modified, version or ""))

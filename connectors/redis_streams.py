@@ -42,15 +42,17 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from bus.aio import stop_tasks
-from connectors.base import UNKNOWN_LAG, ConnectorContext, Lag, TriggerSpec
+from connectors.base import UNKNOWN_LAG, Connector, ConnectorContext, Lag, TriggerSpec
 from invoker.completion import Completion
 from invoker.envelope import new_request_id
+from schemas.errors import unavailable
 
 log = logging.getLogger(__name__)
 
 ZERO_ID = "0-0"
 SEQ_FACTOR = 1_000_000  # sequence number = ms * SEQ_FACTOR + seq; Redis never has 10^6 entries in one ms
 LEASE_TTL_S = 10.0
+ACTIVATE_WAIT_S = 5.0  # activate() waits this long for start positions to be pinned
 DRAIN_S = 3.0
 COMMIT_INTERVAL_S = 0.1  # checkpoint writes are coalesced at most this often
 TRIM_INTERVAL_S = 60.0
@@ -824,11 +826,6 @@ class StreamRunner(abc.ABC):
         }
 
 
-async def runner_lag(runner: StreamRunner | None) -> Lag:
-    """A connector's ``lag()`` for the trigger ``runner`` reads (unknown when none runs here)."""
-    return UNKNOWN_LAG if runner is None else await runner.lag()
-
-
 async def trim_forever(backend: StreamBackend, interval_s: float) -> None:
     """The retention sweep: exact ``XTRIM MINID`` of every registered stream every ``interval_s``."""
     while True:
@@ -839,3 +836,81 @@ async def trim_forever(backend: StreamBackend, interval_s: float) -> None:
                 log.info("retention: removed %d expired stream records", removed)
         except Exception as exc:
             log.warning("trimming expired stream records failed: %s", exc)
+
+
+class StreamConnector(Connector):
+    """What the DIS and LTS connectors share: the Redis backend, one runner per trigger active in
+    this process, the retention sweep, and the activate/deactivate life cycle.
+
+    Subclasses say what a trigger reads (:meth:`new_runner`) and what their sources are.
+    """
+
+    kind: ClassVar[str]  # "dis" | "lts": names tasks and log lines
+    source_name: ClassVar[str]  # "DIS streams" | "LTS log streams": names what needs Redis in errors
+
+    def __init__(self, ctx: ConnectorContext) -> None:
+        super().__init__(ctx)
+        url = str(ctx.options.get("streams_redis") or "")
+        self.backend: StreamBackend | None = (
+            StreamBackend(url, str(ctx.options.get("streams_prefix") or "triggerbus")) if url else None
+        )
+        self.lease_ttl_s = float(ctx.options.get("streams_lease_ttl_s") or LEASE_TTL_S)
+        self.drain_s = float(ctx.options.get("streams_drain_s", DRAIN_S))
+        self.trim_interval_s = float(ctx.options.get("streams_trim_interval_s") or TRIM_INTERVAL_S)
+        self._runners: dict[str, StreamRunner] = {}
+        self._trimmer: asyncio.Task[None] | None = None
+
+    @abc.abstractmethod
+    def new_runner(self, backend: StreamBackend, trigger: TriggerSpec) -> StreamRunner:
+        """The reader of one trigger (not started)."""
+
+    async def start(self) -> None:
+        if self.backend is not None:
+            self._trimmer = asyncio.create_task(
+                trim_forever(self.backend, self.trim_interval_s), name=f"{self.kind}-trim"
+            )
+
+    async def close(self) -> None:
+        runners = list(self._runners.values())
+        self._runners.clear()
+        await asyncio.gather(*(r.stop(self.drain_s) for r in runners), return_exceptions=True)
+        if self._trimmer is not None:
+            self._trimmer.cancel()
+            await asyncio.gather(self._trimmer, return_exceptions=True)
+        if self.backend is not None:
+            await self.backend.close()
+
+    def require_backend(self) -> StreamBackend:
+        if self.backend is None:
+            raise unavailable(
+                f"{self.source_name} need a Redis server: start the service with "
+                "TRIGGERBUS_STREAMS_REDIS=redis://host:6379/0"
+            )
+        return self.backend
+
+    async def activate(self, trigger: TriggerSpec) -> None:
+        if self.backend is None:
+            # Not an FSSError: at service start this must not stop the other triggers (the
+            # trigger manager records it as the trigger's last_error).
+            raise RuntimeError(f"{trigger.trigger_type} triggers need TRIGGERBUS_STREAMS_REDIS; this service has none")
+        old = self._runners.pop(trigger.trigger_id, None)
+        if old is not None:
+            await old.stop(self.drain_s)
+        runner = self.new_runner(self.backend, trigger)
+        self._runners[trigger.trigger_id] = runner
+        await runner.pin_start_positions(ACTIVATE_WAIT_S)
+        runner.start()
+        await runner.wait_positioned(ACTIVATE_WAIT_S)  # what is put once this returns reaches the trigger
+
+    async def deactivate(self, trigger_id: str) -> None:
+        runner = self._runners.pop(trigger_id, None)
+        if runner is not None:
+            await runner.stop(self.drain_s)
+
+    def status(self, trigger_id: str) -> dict[str, Any]:
+        runner = self._runners.get(trigger_id)
+        return runner.status() if runner is not None else {}
+
+    async def lag(self, trigger_id: str) -> Lag:
+        runner = self._runners.get(trigger_id)
+        return UNKNOWN_LAG if runner is None else await runner.lag()

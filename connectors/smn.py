@@ -112,6 +112,7 @@ def build_delivery(
 
 class SMNConnector(Connector):
     trigger_types: ClassVar[tuple[str, ...]] = ("SMN",)
+    validates_against_existing: ClassVar[bool] = True
 
     def __init__(self, ctx: ConnectorContext) -> None:
         super().__init__(ctx)

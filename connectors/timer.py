@@ -45,6 +45,7 @@ LEASE_NAME = "timer-scheduler"
 MISFIRE_POLICIES = ("fire_once", "fire_all", "skip")
 _FIRE_NAMESPACE = uuid.UUID("6f1c2f4e-6b1e-4d7b-9a51-2f0e6c2b1a77")
 _MAX_FIRE_ALL = 100
+_FIRE_CONCURRENCY = 64  # due timers fired at once (they share group commits)
 
 
 def fire_request_id(trigger_id: str, scheduled: float) -> str:
@@ -251,13 +252,25 @@ class TimerConnector(Connector):
                 await self._enqueue(lost, datetime.fromtimestamp(scheduled, lost.schedule.tz), request_id)
 
     async def _fire_due(self) -> None:
+        """Fire every due timer, up to ``_FIRE_CONCURRENCY`` at once.
+
+        Timers due together are fired concurrently so that their claims and enqueues share the
+        store's and the bus's group commits: one at a time, 10,000 cron triggers spread over a
+        minute fired up to 1.4 s late (bench/timer_triggers.py). A trigger fires once per batch.
+        """
         now = time.time()
         while self._heap and self._heap[0][0] <= now and self._leader:
-            _, generation, trigger_id = heapq.heappop(self._heap)
-            timer = self._timers.get(trigger_id)
-            if timer is None or timer.generation != generation or timer.next_fire is None:
-                continue
-            await self._fire_timer(timer, now)
+            batch: dict[str, _Timer] = {}
+            while self._heap and self._heap[0][0] <= now and len(batch) < _FIRE_CONCURRENCY:
+                _, generation, trigger_id = heapq.heappop(self._heap)
+                timer = self._timers.get(trigger_id)
+                if timer is None or timer.generation != generation or timer.next_fire is None:
+                    continue
+                batch.setdefault(trigger_id, timer)
+            results = await asyncio.gather(*(self._fire_timer(t, now) for t in batch.values()), return_exceptions=True)
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
             if time.monotonic() - self._lease_checked > self.lease_ttl / 3:
                 return  # renew the lease before going on
 

@@ -40,6 +40,7 @@ from invoker.observer import NOOP, Observer
 from invoker.records import Attempt, Record, RecordState, RecordStore
 from invoker.registry import FunctionDirectory, ResolvedFunction
 from invoker.retry import RetryPolicy
+from invoker.retry_budget import RetryBudget
 from invoker.runtime.base import ErrorCategory, InvocationRequest, InvocationResult
 from schemas.async_config import DestinationKind
 from schemas.records import AsyncStatus
@@ -74,6 +75,7 @@ class AsyncInvoker:
         completion: CompletionHub | None = None,
         observer: Observer = NOOP,
         retry: RetryPolicy | None = None,
+        retry_budget: RetryBudget | None = None,
         group: str = "invoker",
         max_in_flight: int = 4096,
         overflow_threshold: int = 64,
@@ -87,6 +89,7 @@ class AsyncInvoker:
         self.completion = completion or CompletionHub()
         self.observer = observer
         self.retry = retry or RetryPolicy()
+        self.retry_budget = retry_budget or RetryBudget(ratio=-1)  # off unless given (the service gives one)
         self.group = group
         self.max_in_flight = max_in_flight
         self.overflow_threshold = overflow_threshold
@@ -104,6 +107,7 @@ class AsyncInvoker:
             "duplicates": 0,
             "overflowed": 0,
             "deadletters": 0,
+            "retry_budget_exhausted": 0,
         }
 
     async def start(self) -> None:
@@ -267,6 +271,8 @@ class AsyncInvoker:
             attempt = Attempt(n=env.attempt + 1, start=now)
             if not await self.records.start_attempt(env.request_id, attempt):
                 return  # canceled (or finished elsewhere) while it waited
+            if attempt.n == 1:
+                self.retry_budget.invocation_started(key)
             result = await self.dispatcher.invoke(
                 spec,
                 InvocationRequest(
@@ -310,6 +316,11 @@ class AsyncInvoker:
                         f"retry; last error: {attempt.error_message}"
                     ),
                 )
+                return
+            if not self.retry_budget.allow_retry(key):  # a retry storm: end it here (invoker/retry_budget.py)
+                self.stats["retry_budget_exhausted"] += 1
+                message = f"{self.retry_budget.describe(key)}; last error: {attempt.error_message}"
+                await self._finish(env, resolved, result, attempt, AsyncStatus.FAIL, error_message=message[:2000])
                 return
             retry = env.model_copy(update={"attempt": attempt.n})
             await self.bus.publish(Outgoing(INVOCATIONS_TOPIC, retry.to_bytes(), key=env.function_urn, deliver_at=due))

@@ -706,6 +706,10 @@ SECRET_FIELDS: dict[TriggerType, frozenset[str]] = {kind: frozenset() for kind i
     TriggerType.RABBITMQ: frozenset({"access_password"}),
     TriggerType.ROCKETMQ: frozenset({"secret_key"}),
     TriggerType.IOTDA: frozenset({"password"}),
+    # The APP-auth code callers send in X-Apig-AppCode (docs/api.md: encrypted at rest, shown as ******).
+    TriggerType.APIG: frozenset({"app_code"}),
+    TriggerType.DEDICATEDGATEWAY: frozenset({"app_code"}),
+    TriggerType.APIC: frozenset({"app_code"}),
     # The S3 secret key of the trigger's endpoint; the webhook token is never stored (only its
     # hash) but named here so the one response that shows it is masked in CTS traces.
     TriggerType.OBS: frozenset({"secret_key", "webhook_token"}),

@@ -40,6 +40,13 @@ class Settings:
     function_log_bytes: int = field(default_factory=lambda: int(_env("TRIGGERBUS_FUNCTION_LOG_BYTES", "65536")))
     retry_base_s: float = field(default_factory=lambda: float(_env("TRIGGERBUS_RETRY_BASE_S", "1")))
     retry_cap_s: float = field(default_factory=lambda: float(_env("TRIGGERBUS_RETRY_CAP_S", "300")))
+    # Retry-After of a 429 is honoured up to this many seconds (invoker/retry.py); per-function
+    # retry budget: retries <= MIN + RATIO x first attempts per WINDOW_S, RATIO < 0 = off
+    # (invoker/retry_budget.py, docs/reliability.md).
+    retry_after_max_s: float = field(default_factory=lambda: float(_env("TRIGGERBUS_RETRY_AFTER_MAX_S", "3600")))
+    retry_budget_ratio: float = field(default_factory=lambda: float(_env("TRIGGERBUS_RETRY_BUDGET_RATIO", "0.2")))
+    retry_budget_min: int = field(default_factory=lambda: int(_env("TRIGGERBUS_RETRY_BUDGET_MIN", "10")))
+    retry_budget_window_s: float = field(default_factory=lambda: float(_env("TRIGGERBUS_RETRY_BUDGET_WINDOW_S", "10")))
     records_retention_days: float = 7.0
     timer_misfire_policy: str = field(default_factory=lambda: _env("TRIGGERBUS_TIMER_MISFIRE", "fire_once"))
     timer_catchup_window_s: float = 300.0
@@ -57,6 +64,11 @@ class Settings:
     )
     obs_reconcile_settle_s: float = 60.0  # a notification may still arrive this long after the upload
     obs_reconcile_lookback_s: float = 600.0  # objects listed again behind the watermark (late LastModified)
+    # HTTP functions never target this service's own port; other addresses of this machine (loopback,
+    # local interfaces) only with TRIGGERBUS_HTTP_ALLOW_LOOPBACK=1 (invoker/runtime/target_guard.py).
+    http_allow_loopback: bool = field(
+        default_factory=lambda: _env("TRIGGERBUS_HTTP_ALLOW_LOOPBACK", "") in ("1", "true", "yes")
+    )
     max_sync_body: int = 6 * 1024 * 1024
     max_async_body: int = 256 * 1024
     max_api_body: int = 60 * 1024 * 1024  # function create: 40 MB zip as base64

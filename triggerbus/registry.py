@@ -22,6 +22,7 @@ from invoker.destinations import check_no_cycle, check_supported
 from invoker.registry import ResolvedFunction
 from invoker.runtime.base import FunctionSpec
 from invoker.runtime.codepkg import CodePackageError, check_handler, extract_zip, inline_to_zip
+from invoker.runtime.target_guard import TargetGuard, TargetRefused
 from schemas.async_config import (
     AsyncInvokeConfig,
     AsyncInvokeConfigRequest,
@@ -61,6 +62,7 @@ class FunctionRegistry:
         *,
         destination_kinds: set[DestinationKind] | None = None,
         forbidden_code_urls: tuple[str, ...] = (),
+        target_guard: TargetGuard | None = None,
         cache_ttl_s: float | None = None,
     ) -> None:
         self.store = store
@@ -69,6 +71,7 @@ class FunctionRegistry:
         self.region = region
         self.destination_kinds = destination_kinds or {DestinationKind.FUNCTIONGRAPH}
         self.forbidden_code_urls = forbidden_code_urls
+        self.target_guard = target_guard  # HTTP functions never target this service (invoker/runtime/target_guard.py)
         # Caches: the accept path reads a function per request. With a shared store (several
         # processes) entries expire after cache_ttl_s, so changes made elsewhere show up.
         self._cache: dict[str, tuple[ResolvedFunction | None, float]] = {}
@@ -150,10 +153,15 @@ class FunctionRegistry:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
 
-    def _check_code_url(self, url: str) -> None:
+    async def _check_code_url(self, url: str) -> None:
         for forbidden in self.forbidden_code_urls:
             if url.rstrip("/").startswith(forbidden.rstrip("/")):
                 raise bad_request(f"code_url: {url} points at this service's own API, which is not allowed")
+        if self.target_guard is not None:
+            try:
+                await self.target_guard.check(url)
+            except TargetRefused as exc:
+                raise bad_request(f"code_url: {exc}") from None
 
     # -- CRUD -----------------------------------------------------------------------------------------
 
@@ -161,7 +169,7 @@ class FunctionRegistry:
         urn = FunctionUrn(self.region, project_id, req.package, req.func_name)
         if req.runtime == HTTP_RUNTIME:
             assert req.code_url is not None
-            self._check_code_url(req.code_url)
+            await self._check_code_url(req.code_url)
             digest, size = hashlib.sha256(req.code_url.encode()).hexdigest(), 0
         else:
             digest, size = await self._store_code(req)
@@ -198,7 +206,7 @@ class FunctionRegistry:
         if "code_url" in changes:
             if fn.runtime != HTTP_RUNTIME:
                 raise bad_request("code_url: only http functions have a code_url")
-            self._check_code_url(changes["code_url"])
+            await self._check_code_url(changes["code_url"])
         if "handler" in changes and fn.runtime != HTTP_RUNTIME:
             try:
                 check_handler(self.code_dir(fn.digest), changes["handler"])

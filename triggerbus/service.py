@@ -46,8 +46,10 @@ from invoker.envelope import (
 from invoker.ingest import Ingest
 from invoker.obs_sink import OBSSink
 from invoker.retry import RetryPolicy
+from invoker.retry_budget import RetryBudget
 from invoker.runtime.http_runtime import HttpRuntime
 from invoker.runtime.python_runtime import PythonRuntime
+from invoker.runtime.target_guard import TargetGuard
 from invoker.smn_sink import SMNSink
 from schemas.async_config import DestinationKind
 from triggerbus.config import Settings
@@ -130,6 +132,7 @@ class Service:
             s.region,
             destination_kinds=kinds,
             forbidden_code_urls=self._own_urls(),
+            target_guard=(guard := TargetGuard(lambda: s.port, allow_loopback=s.http_allow_loopback)),
             cache_ttl_s=2.0 if s.shared_store else None,
         )
         self.limiter = ConcurrencyLimiter()
@@ -144,10 +147,12 @@ class Service:
         )
         self.metrics = Metrics(window_s=s.metrics_window_s)
         observer = self.metrics
-        self.dispatcher = Dispatcher({"python": self.python_runtime, "http": HttpRuntime()}, observer=observer)
+        self.dispatcher = Dispatcher(
+            {"python": self.python_runtime, "http": HttpRuntime(guard=guard)}, observer=observer
+        )
         await self.dispatcher.start()
         self.completion = CompletionHub(relay=self._relay_completion if s.kafka_bus else None)
-        retry = RetryPolicy(base_s=s.retry_base_s, cap_s=s.retry_cap_s)
+        retry = RetryPolicy(base_s=s.retry_base_s, cap_s=s.retry_cap_s, retry_after_cap_s=s.retry_after_max_s)
         self.invocations = InvocationService(
             self.bus, self.store, self.registry, self.dispatcher, self.limiter, observer=observer
         )
@@ -160,6 +165,9 @@ class Service:
             completion=self.completion,
             observer=observer,
             retry=retry,
+            retry_budget=RetryBudget(
+                ratio=s.retry_budget_ratio, min_retries=s.retry_budget_min, window_s=s.retry_budget_window_s
+            ),
             max_in_flight=s.invoker_max_in_flight,
         )
         self.batcher = Batcher(self.bus, self.store, completion=self.completion, observer=observer)

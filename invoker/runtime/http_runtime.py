@@ -24,6 +24,7 @@ from invoker.runtime.base import (
 )
 from invoker.runtime.invoke_log import finish_line, start_line
 from invoker.runtime.streams import read_bounded
+from invoker.runtime.target_guard import GuardedResolver, TargetGuard, TargetRefused
 
 MAX_RESULT_BYTES = 6 * 1024 * 1024
 
@@ -42,14 +43,17 @@ def parse_retry_after(value: str | None) -> float | None:
 
 
 class HttpRuntime:
-    def __init__(self, *, max_result_bytes: int = MAX_RESULT_BYTES) -> None:
+    def __init__(self, *, max_result_bytes: int = MAX_RESULT_BYTES, guard: TargetGuard | None = None) -> None:
         self.max_result_bytes = max_result_bytes
+        self.guard = guard  # never call the service's own API (invoker/runtime/target_guard.py)
         self._session: aiohttp.ClientSession | None = None
         self._running: dict[str, asyncio.Task[InvocationResult]] = {}
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=256), auto_decompress=True, raise_for_status=False
+            connector=aiohttp.TCPConnector(limit=256, resolver=GuardedResolver(self.guard) if self.guard else None),
+            auto_decompress=True,
+            raise_for_status=False,
         )
 
     async def close(self) -> None:
@@ -115,6 +119,12 @@ class HttpRuntime:
         timeout = float(request.timeout_s or spec.timeout_s)
         url = (spec.code_url or "").rstrip("/") + "/invoke"
         started = time.monotonic()
+        try:
+            if self.guard is not None:  # literal addresses; names are checked by the resolver as they connect
+                await self.guard.check(url, resolve=False)
+        except TargetRefused as exc:
+            error = InvocationError(ErrorCategory.SYSTEM_ERROR, f"HTTP function target refused: {exc}")
+            return self._result(spec, request, started, b"", error)
         try:
             async with self._session.post(
                 url,

@@ -83,8 +83,12 @@ class MongoChange:
     def from_change_stream(cls, change: Mapping[str, Any], size_bytes: int | None = None) -> MongoChange:
         """From a change-stream document (``operationType``, ``_id``, ``fullDocument``, ``ns``).
 
-        ``size_bytes`` defaults to the UTF-8 length of the document's JSON encoding.
+        ``size_bytes`` defaults to the UTF-8 length of the document's JSON encoding. Raises
+        ``ValueError`` (pydantic's ``ValidationError`` for wrong field types) naming what is wrong.
         """
+        missing = [key for key in ("operationType", "_id") if key not in change]
+        if missing:
+            raise ValueError(f"change-stream document without {', '.join(missing)}")
         if size_bytes is None:
             size_bytes = len(mongo_json(dict(change)).encode())
         return cls(

@@ -45,6 +45,7 @@ def make_settings(data_dir: Path, **overrides: Any) -> Settings:
     settings.timer_lease_ttl_s = 2.0
     settings.kafka_session_timeout_s = 6.0  # tansu: slow group joins; short timeouts keep tests quick
     settings.kafka_fetch_max_wait_ms = 50
+    settings.http_allow_loopback = True  # HTTP functions served on 127.0.0.1 (never the service's own port)
     for name, value in overrides.items():
         setattr(settings, name, value)
     return settings

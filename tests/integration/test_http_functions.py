@@ -26,6 +26,7 @@ class FakeFunction:
     requests: list[dict[str, Any]] = field(default_factory=list)
     mode: str = "ok"
     throttles: int = 0
+    retry_after: str = "1"  # the Retry-After of the 429s
 
 
 @pytest.fixture
@@ -42,7 +43,7 @@ async def function_server() -> AsyncIterator[FakeFunction]:
             return web.Response(status=500, text="kaboom")
         if mode == "throttle" and state.throttles > 0:
             state.throttles -= 1
-            return web.Response(status=429, headers={"Retry-After": "1"})
+            return web.Response(status=429, headers={"Retry-After": state.retry_after})
         if mode == "slow":
             await asyncio.sleep(5)
         if mode == "huge":

@@ -164,6 +164,9 @@ async def test_kafka_trigger_lag_while_behind_and_after(tmp_path: Path, kafka_bo
         # The first record holds its batch until the gate opens: nothing after it can be committed.
         await produce(kafka_bootstrap, topic, [b"WAIT-0", b"m1", b"m2"], partition=0)
         await wait_for(lambda: _equals(h, "triggerbus_trigger_lag_records", 3, **labels), "a lag of 3 records")
+        # The lag counts from the broker's end offset at once; the reads, and m1/m2 finishing, follow.
+        await wait_for(lambda: _equals(h, "triggerbus_trigger_events_total", 3, **labels), "3 records read")
+        await wait_for(lambda: _equals(h, "triggerbus_async_queue_running", 1, **fn("lagging")), "only WAIT-0 running")
         s = await scrape(h, **{"X-Auth-Token": TOKEN})
         assert value(s, "triggerbus_trigger_lag_known", measure="records", **labels) == 1
         assert value(s, "triggerbus_trigger_events_total", **labels) == 3

@@ -18,6 +18,7 @@ from schemas.errors import FSSError, forbidden, internal, method_not_allowed, no
 from triggerbus import console
 from triggerbus.api import dis, functions, invocation_logs, invocations, lts, metrics, records, smn, traces, triggers
 from triggerbus.api.common import SERVICE_KEY, fss_response, json_response
+from triggerbus.health import report as health_report
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +72,16 @@ def _bearer(value: str) -> str:
 
 
 async def health(request: web.Request) -> web.Response:
+    """200 with ``"status": "ok"`` or ``"degraded"`` (a trigger cannot reach its source; see
+    triggerbus/health.py); ``?strict=1`` answers 503 when degraded. The errors' text is shown only
+    to a caller with the API token (it names hosts); anyone sees which triggers are affected."""
     svc = request.app[SERVICE_KEY]
-    return json_response({"status": "ok", "region": svc.settings.region, "timezone": svc.settings.timezone})
+    body = await health_report(svc)
+    token = request.headers.get("X-Auth-Token") or _bearer(request.headers.get("Authorization", ""))
+    if not (token and hmac.compare_digest(token.encode(), svc.token.encode())):
+        body["triggers"] = {tid: {k: v for k, v in p.items() if k != "error"} for tid, p in body["triggers"].items()}
+    strict = request.query.get("strict", "") not in ("", "0", "false")
+    return json_response(body, status=503 if strict and body["status"] != "ok" else 200)
 
 
 def create_app(service: object, *, client_max_size: int) -> web.Application:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -45,13 +46,27 @@ def parse_json(body: bytes, *, empty: Any = None) -> Any:
     except UnicodeDecodeError as exc:
         raise bad_request(f"request body is not valid UTF-8 (byte {exc.start})") from None
     try:
-        return json.loads(text)
+        value = json.loads(text, parse_constant=_reject_constant)
+        if _SURROGATE_ESCAPE.search(text):  # rare: only then look for an unpaired one
+            json.dumps(value, ensure_ascii=False).encode()
+        return value
+    except UnicodeEncodeError:
+        raise bad_request("request body holds an unpaired UTF-16 surrogate escape (such as \\ud800)") from None
     except json.JSONDecodeError as exc:
         raise bad_request(
             f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from None
     except RecursionError:
         raise bad_request("request body is nested too deeply") from None
+    except ValueError as exc:  # NaN/Infinity; an integer over Python's 4300-digit conversion limit
+        raise bad_request(f"request body is not valid JSON: {exc}") from None
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
 
 
 async def read_json(request: web.Request, limit: int, *, empty: Any = None) -> Any:

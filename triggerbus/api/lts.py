@@ -94,8 +94,8 @@ class ReportRequest(FGModel):
 
 
 class QueryRequest(FGModel):
-    start_time: Annotated[StrictInt, Field(ge=0)]
-    end_time: Annotated[StrictInt, Field(ge=0)]
+    start_time: Annotated[StrictInt, Field(ge=0, le=2**63 - 1)]  # epoch ms: Redis stream ids are 64-bit
+    end_time: Annotated[StrictInt, Field(ge=0, le=2**63 - 1)]
     limit: Annotated[StrictInt, Field(ge=1, le=5000)] = 50
 
 

@@ -132,8 +132,9 @@ def resolve_message(req: PublishRequest) -> str:
     if req.message_structure is not None:
         try:
             structure = json.loads(req.message_structure)
-        except json.JSONDecodeError as exc:
-            raise bad_request(f"message_structure: must be a JSON string ({exc.msg})") from None
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, huge numbers, deep nesting
+            reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "not parseable JSON"
+            raise bad_request(f"message_structure: must be a JSON string ({reason})") from None
         if not isinstance(structure, dict) or not isinstance(structure.get("default"), str):
             raise bad_request('message_structure: must be a JSON object with a string "default" message')
         for key, text in structure.items():
@@ -152,7 +153,10 @@ def resolve_message(req: PublishRequest) -> str:
         raise bad_request("one of message, message_structure or message_template_name is required")
     if not text:
         raise bad_request(f"{where}: the message must not be empty")
-    size = len(text.encode())
+    try:
+        size = len(text.encode())
+    except UnicodeEncodeError:  # an unpaired surrogate (\ud800) escaped in the JSON string
+        raise bad_request(f"{where}: holds an unpaired UTF-16 surrogate, which is not text") from None
     if size > MAX_MESSAGE_BYTES:
         raise too_large(f"{where}: the message is {size} bytes, over SMN's {MAX_MESSAGE_BYTES}-byte limit")
     return text

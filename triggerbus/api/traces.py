@@ -277,7 +277,7 @@ def _query_ms(request: web.Request, name: str, default: int) -> int:
     raw = request.query.get(name)
     if raw is None or raw == "":
         return default
-    if not raw.isdigit():
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 18:  # "²" is a digit to isdigit(); SQLite ints are 64-bit
         raise bad_request(f"{name}: must be a time in epoch milliseconds (got {raw[:40]!r})")
     return int(raw)
 

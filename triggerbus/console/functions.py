@@ -9,7 +9,7 @@ from aiohttp import web
 from schemas.errors import bad_request
 from schemas.urn import PROJECT_RE
 from triggerbus.api.common import service
-from triggerbus.console.render import function_path, page, redirect
+from triggerbus.console.render import MAX_MARKER, function_path, page, redirect
 from triggerbus.store.models import StoredFunction
 from triggerbus.trigger_view import lag_text, position_parts, trigger_detail, trigger_state
 
@@ -54,7 +54,7 @@ async def functions_page(request: web.Request) -> web.Response:
     svc = service(request)
     project = current_project(request)
     try:
-        marker = max(0, int(request.query.get("marker", "0")))
+        marker = min(max(0, int(request.query.get("marker", "0"))), MAX_MARKER)
     except ValueError:
         raise bad_request("marker: must be an integer") from None
     fns, count = await svc.store.list_functions(project, marker, PAGE_SIZE)

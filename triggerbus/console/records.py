@@ -14,7 +14,7 @@ from schemas.errors import bad_request, not_found
 from schemas.records import AsyncStatus
 from triggerbus.api.common import service
 from triggerbus.console.functions import current_project, function_of, remember_project
-from triggerbus.console.render import page, record_path, redirect
+from triggerbus.console.render import MAX_MARKER, page, record_path, redirect
 from triggerbus.invocations import REDRIVABLE
 
 PAGE_SIZES = (20, 50, 100, 200, 500)
@@ -79,7 +79,7 @@ def parse_filter(request: web.Request) -> RecordFilter:
         raise bad_request(f"status: must be one of {', '.join(s.value for s in AsyncStatus)} (got {status!r})")
     try:
         limit = int(q.get("limit") or 50)
-        marker = max(0, int(q.get("marker") or 0))
+        marker = min(max(0, int(q.get("marker") or 0)), MAX_MARKER)
     except ValueError:
         raise bad_request("limit and marker must be integers") from None
     source = q.get("source", "").strip()

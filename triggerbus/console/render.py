@@ -11,6 +11,7 @@ import jinja2
 from aiohttp import web
 
 PREFIX = "/console"
+MAX_MARKER = 2**62  # paging offsets beyond it are clamped: SQLite integers are 64-bit
 SECURITY_HEADERS = {
     # No inline script or style anywhere: the console's only CSS is /console/static/console.css.
     "Content-Security-Policy": (
