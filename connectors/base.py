@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import logging
 import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Generic, Protocol, TypeVar, overload
 
 from aiohttp import web
 
@@ -34,6 +35,8 @@ from invoker.ingest import Ingest
 from invoker.observer import NOOP, Observer
 from invoker.runtime.base import InvocationResult
 from schemas.errors import bad_request
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -249,3 +252,82 @@ class Connector(abc.ABC):
     async def set_checkpoint(self, trigger: TriggerSpec, body: dict[str, Any]) -> dict[str, Any]:
         """Move the source position of a DISABLED trigger; returns the new checkpoint."""
         raise bad_request(f"{trigger.trigger_type} triggers have no checkpoint to set")
+
+
+class TriggerRunner(Protocol):
+    """What reads one active trigger's source in a :class:`RunnerConnector`."""
+
+    async def stop(self, drain_s: float) -> None: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+    async def lag(self) -> Lag: ...
+
+
+R = TypeVar("R", bound=TriggerRunner)
+
+
+class RunnerConnector(Connector, Generic[R]):
+    """A connector that reads each trigger active in this process with a runner of its own.
+
+    It keeps the runners, stops them on deactivate and at shutdown (giving unfinished batches
+    :attr:`drain_s`), and answers status and lag from them, so each pull connector only says
+    how a runner is made and started.
+    """
+
+    def __init__(self, ctx: ConnectorContext) -> None:
+        super().__init__(ctx)
+        self._runners: dict[str, R] = {}
+
+    @property
+    def drain_s(self) -> float:
+        """How long a stopping runner lets its unfinished batches finish before it commits."""
+        return 3.0
+
+    async def replace_runner(self, trigger_id: str, runner: R) -> None:
+        """Stop the trigger's previous runner (a config change, a re-enable) and keep ``runner``."""
+        old = self._runners.pop(trigger_id, None)
+        if old is not None:
+            await old.stop(self.drain_s)
+        self._runners[trigger_id] = runner
+
+    async def deactivate(self, trigger_id: str) -> None:
+        runner = self._runners.pop(trigger_id, None)
+        if runner is not None:
+            await runner.stop(self.drain_s)
+
+    async def close(self) -> None:
+        runners = list(self._runners.items())
+        self._runners.clear()
+        results = await asyncio.gather(*(r.stop(self.drain_s) for _, r in runners), return_exceptions=True)
+        for (trigger_id, _), result in zip(runners, results, strict=True):
+            if isinstance(result, BaseException):
+                _log.error("stopping %s trigger %s failed: %r", type(self).__name__, trigger_id, result)
+
+    def status(self, trigger_id: str) -> dict[str, Any]:
+        runner = self._runners.get(trigger_id)
+        return runner.status() if runner is not None else {}
+
+    async def lag(self, trigger_id: str) -> Lag:
+        runner = self._runners.get(trigger_id)
+        return UNKNOWN_LAG if runner is None else await runner.lag()
+
+
+@overload
+def int_option(data: Mapping[str, Any], name: str, default: int, low: int, high: int) -> int: ...
+
+
+@overload
+def int_option(data: Mapping[str, Any], name: str, default: None, low: int, high: int) -> int | None: ...
+
+
+def int_option(data: Mapping[str, Any], name: str, default: int | None, low: int, high: int) -> int | None:
+    """An optional integer of ``event_data`` within [low, high]; a clear FSS error names the field."""
+    value = data.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise bad_request(f"event_data.{name}: must be an integer between {low} and {high} (got {value!r})")
+    if not low <= value <= high:
+        raise bad_request(f"event_data.{name}: must be between {low} and {high} (got {value})")
+    return value

@@ -78,7 +78,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import OperationFailure, PyMongoError, ServerSelectionTimeoutError
 
 from bus.aio import stop_tasks
-from connectors.base import UNKNOWN_LAG, Connector, ConnectorContext, Lag, TriggerSpec
+from connectors.base import UNKNOWN_LAG, ConnectorContext, Lag, RunnerConnector, TriggerSpec
 from connectors.mongo_stream import (
     DEFAULT_HISTORY_LOST_POLICY,
     HistoryLostPolicy,
@@ -464,6 +464,13 @@ class _Runner:
             log.warning("mongo trigger %s: %s", self.cfg.trigger_id, text)
         self.last_error = text
         self.last_error_at = time.time()
+
+    async def lag(self) -> Lag:
+        """How old the committed position's cluster time is (kept fresh while idle); the number of
+        changes behind it is not known."""
+        position = self.position if self.state == "running" else None
+        clock = None if position is None else position.cluster_time or token_cluster_time(position.token)
+        return UNKNOWN_LAG if clock is None else Lag(None, max(0.0, time.time() - clock.time), None)
 
     def status(self) -> dict[str, Any]:
         now = time.time()
@@ -892,12 +899,11 @@ async def _oldest_oplog_time(client: AsyncMongoClient[dict[str, Any]]) -> Timest
 # -- the connector -----------------------------------------------------------------------------------------
 
 
-class DDSConnector(Connector):
+class DDSConnector(RunnerConnector[_Runner]):
     trigger_types: ClassVar[tuple[str, ...]] = TRIGGER_TYPES
 
     def __init__(self, ctx: ConnectorContext) -> None:
         super().__init__(ctx)
-        self._runners: dict[str, _Runner] = {}
 
     @property
     def instances(self) -> dict[str, str]:
@@ -923,14 +929,6 @@ class DDSConnector(Connector):
         return resolve_config(trigger, self.instances)
 
     # -- lifecycle ---------------------------------------------------------------------------------------
-
-    async def close(self) -> None:
-        runners = list(self._runners.values())
-        self._runners.clear()
-        results = await asyncio.gather(*(r.stop(self.drain_s) for r in runners), return_exceptions=True)
-        for runner, result in zip(runners, results, strict=True):
-            if isinstance(result, BaseException):
-                log.error("stopping mongo trigger %s failed: %r", runner.cfg.trigger_id, result)
 
     async def validate(self, trigger: TriggerSpec, *, existing: list[TriggerSpec]) -> dict[str, Any]:
         data = trigger.event_data
@@ -967,12 +965,9 @@ class DDSConnector(Connector):
             cfg = self._config(trigger)
         except FSSError as exc:  # not the caller's mistake here (the instance map changed): show it
             raise RuntimeError(exc.message) from None
-        old = self._runners.pop(trigger.trigger_id, None)
-        if old is not None:
-            await old.stop(self.drain_s)
         is_new = not await self.ctx.state.get_checkpoint(trigger.trigger_id, CHECKPOINT)
         runner = _Runner(self, cfg)
-        self._runners[trigger.trigger_id] = runner
+        await self.replace_runner(trigger.trigger_id, runner)
         runner.start()
         if is_new:
             # A new trigger starts at the current end of the stream: pin that before returning, so
@@ -981,23 +976,6 @@ class DDSConnector(Connector):
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(ACTIVATE_WAIT_S):
                     await runner.started.wait()
-
-    async def deactivate(self, trigger_id: str) -> None:
-        runner = self._runners.pop(trigger_id, None)
-        if runner is not None:
-            await runner.stop(self.drain_s)
-
-    def status(self, trigger_id: str) -> dict[str, Any]:
-        runner = self._runners.get(trigger_id)
-        return runner.status() if runner is not None else {}
-
-    async def lag(self, trigger_id: str) -> Lag:
-        """How old the committed position's cluster time is (kept fresh while idle); the number of
-        changes behind it is not known."""
-        runner = self._runners.get(trigger_id)
-        position = runner.position if runner is not None and runner.state == "running" else None
-        clock = None if position is None else position.cluster_time or token_cluster_time(position.token)
-        return UNKNOWN_LAG if clock is None else Lag(None, max(0.0, time.time() - clock.time), None)
 
     # -- checkpoints -------------------------------------------------------------------------------------
 

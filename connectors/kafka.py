@@ -69,7 +69,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from bus.aio import stop_tasks
 from bus.positions import PartitionPositions
-from connectors.base import UNKNOWN_LAG, Connector, ConnectorContext, Lag, TriggerSpec
+from connectors.base import UNKNOWN_LAG, ConnectorContext, Lag, RunnerConnector, TriggerSpec, int_option
 from invoker import tracing
 from invoker.batching import register_assembler
 from invoker.completion import Completion
@@ -191,17 +191,6 @@ def _iso(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
 
 
-def _int_option(data: dict[str, Any], name: str, default: int | None, low: int, high: int) -> int | None:
-    value = data.get(name)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise bad_request(f"event_data.{name}: must be an integer between {low} and {high} (got {value!r})")
-    if not low <= value <= high:
-        raise bad_request(f"event_data.{name}: must be between {low} and {high} (got {value})")
-    return value
-
-
 @dataclass(slots=True)
 class KafkaTriggerConfig:
     """A trigger's resolved consumer configuration (the password never shows in repr)."""
@@ -264,13 +253,13 @@ def resolve_config(trigger: TriggerSpec, kafka_instances: dict[str, str]) -> Kaf
                 f"event_data.instance_id: Kafka instance {instance_id!r} is configured with a bad "
                 f"address list: {exc.errors()[0]['msg']}"
             ) from None
-    batch_size = _int_option(data, "batch_size", 100, 1, 1000)
-    window_ms = _int_option(data, "batch_window_ms", DEFAULT_WINDOW_MS, 0, MAX_WINDOW_MS)
+    batch_size = int_option(data, "batch_size", 100, 1, 1000)
+    window_ms = int_option(data, "batch_window_ms", DEFAULT_WINDOW_MS, 0, MAX_WINDOW_MS)
     position = data.get("start_position", "LATEST")
     if not isinstance(position, str) or position.strip().upper() not in START_POSITIONS:
         raise bad_request(f"event_data.start_position: must be one of {', '.join(START_POSITIONS)} (got {position!r})")
     position = position.strip().upper()
-    timestamp = _int_option(data, "start_timestamp", None, 0, 253402300799999)
+    timestamp = int_option(data, "start_timestamp", None, 0, 253402300799999)
     if position == "TIMESTAMP" and timestamp is None:
         raise bad_request("event_data.start_timestamp: is required (epoch milliseconds) with start_position TIMESTAMP")
     if position != "TIMESTAMP" and timestamp is not None:
@@ -775,12 +764,11 @@ class _Runner:
 # -- the connector -----------------------------------------------------------------------------------
 
 
-class KafkaConnector(Connector):
+class KafkaConnector(RunnerConnector[_Runner]):
     trigger_types: ClassVar[tuple[str, ...]] = ("KAFKA", "OPENSOURCEKAFKA")
 
     def __init__(self, ctx: ConnectorContext) -> None:
         super().__init__(ctx)
-        self._runners: dict[str, _Runner] = {}
         region = ctx.region
         for trigger_type in ("KAFKA", "OPENSOURCEKAFKA"):
             register_assembler(trigger_type, lambda items: assemble_event(region, items))
@@ -822,14 +810,6 @@ class KafkaConnector(Connector):
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
-    async def close(self) -> None:
-        runners = list(self._runners.values())
-        self._runners.clear()
-        results = await asyncio.gather(*(r.stop(self.drain_s) for r in runners), return_exceptions=True)
-        for runner, result in zip(runners, results, strict=True):
-            if isinstance(result, BaseException):
-                log.error("stopping kafka trigger %s failed: %r", runner.cfg.trigger_id, result)
-
     async def validate(self, trigger: TriggerSpec, *, existing: list[TriggerSpec]) -> dict[str, Any]:
         cfg = self._config(trigger)
         extra: dict[str, Any] = {"start_position": cfg.start_position}
@@ -839,11 +819,8 @@ class KafkaConnector(Connector):
 
     async def activate(self, trigger: TriggerSpec) -> None:
         cfg = self._config(trigger)
-        old = self._runners.pop(trigger.trigger_id, None)
-        if old is not None:
-            await old.stop(self.drain_s)
         runner = _Runner(self, cfg)
-        self._runners[trigger.trigger_id] = runner
+        await self.replace_runner(trigger.trigger_id, runner)
         runner.start()
         # Pin the start position before returning, so "LATEST" means "from now on"; a broker
         # that does not answer in time is retried in the background (see the trigger's state).
@@ -856,19 +833,6 @@ class KafkaConnector(Connector):
         finally:
             for waiter in waiters:
                 waiter.cancel()
-
-    async def deactivate(self, trigger_id: str) -> None:
-        runner = self._runners.pop(trigger_id, None)
-        if runner is not None:
-            await runner.stop(self.drain_s)
-
-    def status(self, trigger_id: str) -> dict[str, Any]:
-        runner = self._runners.get(trigger_id)
-        return runner.status() if runner is not None else {}
-
-    async def lag(self, trigger_id: str) -> Lag:
-        runner = self._runners.get(trigger_id)
-        return UNKNOWN_LAG if runner is None else await runner.lag()
 
     # -- start position --------------------------------------------------------------------------------
 

@@ -71,7 +71,7 @@ from aiormq.exceptions import (
 from pydantic import TypeAdapter, ValidationError
 
 from bus.aio import stop_tasks
-from connectors.base import UNKNOWN_LAG, Connector, ConnectorContext, Lag, TriggerSpec
+from connectors.base import UNKNOWN_LAG, ConnectorContext, Lag, RunnerConnector, TriggerSpec, int_option
 from invoker.batching import register_assembler
 from invoker.completion import Completion
 from invoker.envelope import StreamItem
@@ -205,17 +205,6 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _int_option(data: dict[str, Any], name: str, default: int, low: int, high: int) -> int:
-    value = data.get(name)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise bad_request(f"event_data.{name}: must be an integer between {low} and {high} (got {value!r})")
-    if not low <= value <= high:
-        raise bad_request(f"event_data.{name}: must be between {low} and {high} (got {value})")
-    return value
-
-
 # -- configuration ---------------------------------------------------------------------------------
 
 
@@ -324,8 +313,8 @@ def resolve_config(trigger: TriggerSpec, instances: dict[str, Any]) -> RabbitMQT
         vhost=vhost,
         user=user,
         ssl=ssl_enable is True,
-        batch_size=_int_option(data, "batch_size", DEFAULT_BATCH_SIZE, 1, 1000),
-        window_ms=_int_option(data, "batch_window_ms", DEFAULT_WINDOW_MS, 0, MAX_WINDOW_MS),
+        batch_size=int_option(data, "batch_size", DEFAULT_BATCH_SIZE, 1, 1000),
+        window_ms=int_option(data, "batch_window_ms", DEFAULT_WINDOW_MS, 0, MAX_WINDOW_MS),
         password=password,
     )
 
@@ -852,7 +841,7 @@ class _Parked:
     failures: int = 0
 
 
-class RabbitMQConnector(Connector):
+class RabbitMQConnector(RunnerConnector[_Runner]):
     """RABBITMQ triggers; also deletes the queue of a trigger that was deleted.
 
     The connector interface has no "deleted" call: deleting an active trigger deactivates it,
@@ -868,7 +857,6 @@ class RabbitMQConnector(Connector):
 
     def __init__(self, ctx: ConnectorContext) -> None:
         super().__init__(ctx)
-        self._runners: dict[str, _Runner] = {}
         self._parked: dict[str, _Parked] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self._sweep_wake = asyncio.Event()
@@ -897,12 +885,7 @@ class RabbitMQConnector(Connector):
 
     async def close(self) -> None:
         await stop_tasks(self._sweeper)
-        runners = list(self._runners.values())
-        self._runners.clear()
-        results = await asyncio.gather(*(r.stop(self.drain_s) for r in runners), return_exceptions=True)
-        for runner, result in zip(runners, results, strict=True):
-            if isinstance(result, BaseException):
-                log.error("stopping rabbitmq trigger %s failed: %r", runner.cfg.trigger_id, result)
+        await super().close()
 
     async def validate(self, trigger: TriggerSpec, *, existing: list[TriggerSpec]) -> dict[str, Any]:
         cfg = self.config(trigger)
@@ -970,14 +953,11 @@ class RabbitMQConnector(Connector):
     async def activate(self, trigger: TriggerSpec) -> None:
         cfg = self.config(trigger)
         self._parked.pop(trigger.trigger_id, None)
-        old = self._runners.pop(trigger.trigger_id, None)
-        if old is not None:
-            await old.stop(self.drain_s)
         await self.ctx.state.put_checkpoint(
             cfg.trigger_id, MARKER, {"queue": cfg.queue, "exchange": cfg.exchange, "vhost": cfg.vhost}
         )
         runner = _Runner(self, cfg)
-        self._runners[trigger.trigger_id] = runner
+        await self.replace_runner(trigger.trigger_id, runner)
         runner.start()
         # Return once the queue is bound (messages published from now on are kept), or after
         # ACTIVATE_WAIT_S; a broker that is not there is retried in the background (see the state).
@@ -1008,14 +988,6 @@ class RabbitMQConnector(Connector):
             )
             self._parked[trigger.trigger_id] = _Parked(cfg, time.monotonic() + _backoff(1), failures=1)
             self._sweep_wake.set()
-
-    def status(self, trigger_id: str) -> dict[str, Any]:
-        runner = self._runners.get(trigger_id)
-        return runner.status() if runner is not None else {}
-
-    async def lag(self, trigger_id: str) -> Lag:
-        runner = self._runners.get(trigger_id)
-        return UNKNOWN_LAG if runner is None else await runner.lag()
 
     # -- the queue of a deleted trigger ----------------------------------------------------------------
 

@@ -42,7 +42,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from bus.aio import stop_tasks
-from connectors.base import UNKNOWN_LAG, Connector, ConnectorContext, Lag, TriggerSpec
+from connectors.base import UNKNOWN_LAG, ConnectorContext, Lag, RunnerConnector, TriggerSpec
 from invoker.completion import Completion
 from invoker.envelope import new_request_id
 from schemas.errors import unavailable
@@ -838,7 +838,7 @@ async def trim_forever(backend: StreamBackend, interval_s: float) -> None:
             log.warning("trimming expired stream records failed: %s", exc)
 
 
-class StreamConnector(Connector):
+class StreamConnector(RunnerConnector[StreamRunner]):
     """What the DIS and LTS connectors share: the Redis backend, one runner per trigger active in
     this process, the retention sweep, and the activate/deactivate life cycle.
 
@@ -855,10 +855,12 @@ class StreamConnector(Connector):
             StreamBackend(url, str(ctx.options.get("streams_prefix") or "triggerbus")) if url else None
         )
         self.lease_ttl_s = float(ctx.options.get("streams_lease_ttl_s") or LEASE_TTL_S)
-        self.drain_s = float(ctx.options.get("streams_drain_s", DRAIN_S))
         self.trim_interval_s = float(ctx.options.get("streams_trim_interval_s") or TRIM_INTERVAL_S)
-        self._runners: dict[str, StreamRunner] = {}
         self._trimmer: asyncio.Task[None] | None = None
+
+    @property
+    def drain_s(self) -> float:
+        return float(self.ctx.options.get("streams_drain_s", DRAIN_S))
 
     @abc.abstractmethod
     def new_runner(self, backend: StreamBackend, trigger: TriggerSpec) -> StreamRunner:
@@ -871,9 +873,7 @@ class StreamConnector(Connector):
             )
 
     async def close(self) -> None:
-        runners = list(self._runners.values())
-        self._runners.clear()
-        await asyncio.gather(*(r.stop(self.drain_s) for r in runners), return_exceptions=True)
+        await super().close()
         if self._trimmer is not None:
             self._trimmer.cancel()
             await asyncio.gather(self._trimmer, return_exceptions=True)
@@ -893,24 +893,8 @@ class StreamConnector(Connector):
             # Not an FSSError: at service start this must not stop the other triggers (the
             # trigger manager records it as the trigger's last_error).
             raise RuntimeError(f"{trigger.trigger_type} triggers need TRIGGERBUS_STREAMS_REDIS; this service has none")
-        old = self._runners.pop(trigger.trigger_id, None)
-        if old is not None:
-            await old.stop(self.drain_s)
         runner = self.new_runner(self.backend, trigger)
-        self._runners[trigger.trigger_id] = runner
+        await self.replace_runner(trigger.trigger_id, runner)
         await runner.pin_start_positions(ACTIVATE_WAIT_S)
         runner.start()
         await runner.wait_positioned(ACTIVATE_WAIT_S)  # what is put once this returns reaches the trigger
-
-    async def deactivate(self, trigger_id: str) -> None:
-        runner = self._runners.pop(trigger_id, None)
-        if runner is not None:
-            await runner.stop(self.drain_s)
-
-    def status(self, trigger_id: str) -> dict[str, Any]:
-        runner = self._runners.get(trigger_id)
-        return runner.status() if runner is not None else {}
-
-    async def lag(self, trigger_id: str) -> Lag:
-        runner = self._runners.get(trigger_id)
-        return UNKNOWN_LAG if runner is None else await runner.lag()
