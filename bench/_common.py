@@ -75,10 +75,11 @@ def noop_handler() -> Callable[[Any, Any], Any]:
     return handler
 
 
-def function_body(max_instances: int = 0) -> dict[str, Any]:
-    """The create-function request of the no-op function (every bench invokes the same one)."""
+def function_body(max_instances: int = 0, name: str = FUNCTION) -> dict[str, Any]:
+    """The create-function request of the no-op function (every bench invokes the same one, by default
+    under the name :data:`FUNCTION`)."""
     body: dict[str, Any] = {
-        "func_name": FUNCTION,
+        "func_name": name,
         "runtime": "Python3.9",
         "handler": "index.handler",
         "code_type": "zip",
@@ -91,9 +92,9 @@ def function_body(max_instances: int = 0) -> dict[str, Any]:
     return body
 
 
-async def create_function(http: aiohttp.ClientSession, base: str, max_instances: int = 0) -> None:
-    """Create the no-op function on the service at ``base`` (``http`` carries the token)."""
-    async with http.post(f"{base}{FGS}/functions", json=function_body(max_instances)) as resp:
+async def create_function(http: aiohttp.ClientSession, base: str, max_instances: int = 0, name: str = FUNCTION) -> None:
+    """Create the no-op function (as ``name``) on the service at ``base`` (``http`` carries the token)."""
+    async with http.post(f"{base}{FGS}/functions", json=function_body(max_instances, name)) as resp:
         if resp.status != 200:
             raise RuntimeError(f"create function: HTTP {resp.status}: {await resp.text()}")
 

@@ -77,7 +77,6 @@ from bench._common import (
     default_workers,
     free_port,
     fs_type,
-    function_body,
     iso_ts,
     load_average,
     machine_basics,
@@ -490,13 +489,7 @@ def function_urn(name: str) -> str:
 
 async def create_named_function(http: aiohttp.ClientSession, base: str, name: str, max_instances: int) -> str:
     """The no-op function under ``name`` (``--functions`` > 1 spreads invocations over bus partitions)."""
-    if name == FUNCTION:
-        await create_function(http, base, max_instances)
-        return URN
-    body = {**function_body(max_instances), "func_name": name}
-    async with http.post(f"{base}{FGS}/functions", json=body) as resp:
-        if resp.status != 200:
-            raise RuntimeError(f"create function: HTTP {resp.status}: {await resp.text()}")
+    await create_function(http, base, max_instances, name)
     return function_urn(name)
 
 

@@ -309,7 +309,8 @@ async def raw_consumer_main(broker: str, topic: str) -> None:
                     enough.set()
             if command.get("resume"):  # the drain: reconnect to the session the broker kept queueing for
                 connect_and_wait(client, broker, props)
-            await asyncio.to_thread(enough.wait)
+            while not await asyncio.to_thread(enough.wait, 0.5):  # short waits: SIGTERM ends this process
+                pass
             with lock:
                 taken = handled[start : want[0]]
             done = [(finished, [text]) for _, finished, text in taken]

@@ -39,6 +39,7 @@ import argparse
 import asyncio
 import contextlib
 import math
+import os
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -112,13 +113,13 @@ async def raw_timers_main() -> None:
         if command["op"] != "fire":
             return
         offsets = [float(x) for x in command["offsets"]]
-        rss_before = rss_kb_self()
+        rss_before = rss_kb(os.getpid())
         t0 = math.ceil(time.time()) + 2.0
         lateness: list[float] = []
 
         tasks = [asyncio.create_task(sleep_until(t0 + off, lateness)) for off in offsets]
         await asyncio.sleep(0)  # every task started and sleeping
-        rss_after = rss_kb_self()
+        rss_after = rss_kb(os.getpid())
         await asyncio.gather(*tasks)
         say({"lateness_ms": asdict(Dist.of(lateness)), "rss_before_kb": rss_before, "rss_after_kb": rss_after})
 
@@ -127,11 +128,6 @@ async def sleep_until(at: float, lateness: list[float]) -> None:
     """Sleep until epoch time ``at``, then note how late this woke up (ms)."""
     await asyncio.sleep(at - time.time())
     lateness.append((time.time() - at) * 1000)
-
-
-def rss_kb_self() -> int:
-    with open("/proc/self/status") as fh:
-        return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:"))
 
 
 # -- Triggerbus -------------------------------------------------------------------------------------------
