@@ -242,6 +242,7 @@ class MqttMessage:
     mid: int
     generation: int  # the connection it arrived on: its PUBACK may only go back on that one
     received: float
+    dup: bool = False  # the broker says it may have sent this packet before
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,6 +278,9 @@ class MqttLink:
         self.dropped_qos0 = 0
         self.stale_acks = 0
         self.needs_restart = False
+        self.redeliveries_dropped = 0
+        self._unacked: set[int] = set()  # packet ids in the inbox or in flight, not acked yet (loop thread)
+        self._unacked_generation = 0
         self._lock = threading.Lock()
         self._generation = 0
         self._stopping = False
@@ -330,6 +334,8 @@ class MqttLink:
                 self.stale_acks += 1  # the broker resends it on the new connection
                 return
             self.client.ack(message.mid, message.qos)
+        if message.generation == self._unacked_generation:
+            self._unacked.discard(message.mid)
 
     # -- paho's thread ---------------------------------------------------------------------------
 
@@ -381,13 +387,23 @@ class MqttLink:
             self.last_error = f"disconnected from the broker ({reason}); reconnecting"
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        message = MqttMessage(msg.topic, bytes(msg.payload), msg.qos, msg.mid, self._generation, time.time())
+        message = MqttMessage(
+            msg.topic, bytes(msg.payload), msg.qos, msg.mid, self._generation, time.time(), bool(msg.dup)
+        )
         with contextlib.suppress(RuntimeError):  # the loop is closing: unacked messages come back later
             self.loop.call_soon_threadsafe(self._offer, message)
 
     # -- the event loop --------------------------------------------------------------------------
 
     def _offer(self, message: MqttMessage) -> None:
+        if message.generation != self._unacked_generation:
+            self._unacked.clear()  # a new connection: the broker sends every unacked message again
+            self._unacked_generation = message.generation
+        if message.qos > 0 and message.dup and message.mid in self._unacked:
+            # A resend (DUP) of a packet we hold and have not acked yet, on the same connection
+            # (Mosquitto does this under load): the PUBACK of the first copy answers both.
+            self.redeliveries_dropped += 1
+            return
         if message.qos == 0 and self.inbox.qsize() >= QOS0_ADMIT_BELOW:
             self.dropped_qos0 += 1  # at most once: QoS 0 has no redelivery to wait for
             if self.dropped_qos0 % 100 == 1:
@@ -395,6 +411,8 @@ class MqttLink:
             return
         try:
             self.inbox.put_nowait(message)
+            if message.qos > 0:
+                self._unacked.add(message.mid)
         except asyncio.QueueFull:
             # Only with a broker sending more unacked QoS 1 messages than the inbox holds (MQTT
             # 3.1.1 has no receive maximum): leave it unacked and reconnect so it comes again.
@@ -511,6 +529,7 @@ class IoTDAConnector(Connector):
             "delivered": state.delivered,
             "rejected": state.rejected,
             "dropped_qos0": link.dropped_qos0 if link else 0,
+            "resends_ignored": link.redeliveries_dropped if link else 0,
             "last_error": state.last_error or (link.last_error if link else None),
         }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from datetime import UTC, datetime
@@ -12,6 +13,9 @@ import pytest
 from connectors.iotda import (
     DeviceTopic,
     HeaderDefaults,
+    LinkConfig,
+    MqttLink,
+    MqttMessage,
     PoisonMessage,
     client_id_for,
     device_events,
@@ -224,3 +228,23 @@ def test_a_password_needs_a_user_on_mqtt_311_and_is_never_echoed() -> None:
         "username": "u",
         "password": "******",
     }
+
+
+async def test_a_resent_packet_still_unacked_is_not_handed_over_twice() -> None:
+    """Mosquitto resends unacked QoS 1 packets (DUP) on the same connection under load; the copy
+    must not become a second invocation, nor fill the inbox (which forces a reconnect)."""
+    config = LinkConfig("127.0.0.1", 1, ("t/#",), 1, "dedupe-test", None, None, "5", 60)
+    link = MqttLink(config, asyncio.get_running_loop())
+
+    def publish(mid: int, dup: bool, generation: int = 0) -> MqttMessage:
+        message = MqttMessage("t/x", b"{}", 1, mid, generation, 0.0, dup)
+        link._offer(message)
+        return message
+
+    first = publish(7, dup=False)
+    publish(7, dup=True)  # a resend of the unacked packet 7
+    assert link.inbox.qsize() == 1 and link.redeliveries_dropped == 1
+    link.ack(first)
+    publish(7, dup=True)  # after our PUBACK the id is free again: this one is handed over
+    publish(7, dup=True, generation=1)  # a new connection resends everything unacked: handed over
+    assert link.inbox.qsize() == 3 and link.redeliveries_dropped == 1
