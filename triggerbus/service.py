@@ -333,8 +333,8 @@ class Service:
         """The triggers to measure lag for: every ACTIVE one this service has a connector for."""
         return [
             (t.trigger_id, t.trigger_type, t.function_urn, connector)
-            for t in await self.store.list_triggers()
-            if t.status == "ACTIVE" and (connector := self.triggers.connectors.get(t.trigger_type)) is not None
+            for t in self.triggers.running()
+            if (connector := self.triggers.connectors.get(t.trigger_type)) is not None
         ]
 
     async def close(self) -> None:

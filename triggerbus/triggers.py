@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -54,14 +55,27 @@ def fg_time(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
+@dataclass(frozen=True, slots=True)
+class RunningTrigger:
+    """A trigger active in this process (what health, metrics and the console look at)."""
+
+    trigger_id: str
+    trigger_type: str
+    function_urn: str
+    updated: float  # of the stored trigger that was activated: a newer one means it changed
+
+
 class TriggerManager:
     def __init__(self, store: Store, secrets: SecretBox, registry: FunctionRegistry) -> None:
         self.store = store
         self.secrets = secrets
         self.registry = registry
         self.connectors: dict[str, Connector] = {}
-        # What runs in this process: trigger id -> (type, updated time of what was activated).
-        self._active: dict[str, tuple[str, float]] = {}
+        self._active: dict[str, RunningTrigger] = {}
+
+    def running(self) -> list[RunningTrigger]:
+        """The triggers this process runs, from memory: no store read, no secrets decrypted."""
+        return list(self._active.values())
 
     def register(self, connector: Connector) -> None:
         for trigger_type in connector.trigger_types:
@@ -144,7 +158,9 @@ class TriggerManager:
         return stored
 
     async def _activate(self, stored: StoredTrigger, connector: Connector, spec: TriggerSpec) -> None:
-        self._active[stored.trigger_id] = (stored.trigger_type, stored.updated)
+        self._active[stored.trigger_id] = RunningTrigger(
+            stored.trigger_id, stored.trigger_type, stored.function_urn, stored.updated
+        )
         try:
             await connector.activate(spec)
         except FSSError:
@@ -229,7 +245,7 @@ class TriggerManager:
 
     async def _deactivate(self, trigger_id: str) -> None:
         active = self._active.pop(trigger_id, None)
-        connector = self.connectors.get(active[0]) if active else None
+        connector = self.connectors.get(active.trigger_type) if active else None
         if connector is not None:
             await connector.deactivate(trigger_id)
 
@@ -279,7 +295,7 @@ class TriggerManager:
         for trigger_id, trigger in stored.items():
             wanted = trigger.status == TriggerStatus.ACTIVE.value and trigger.trigger_type in self.connectors
             running = self._active.get(trigger_id)
-            if wanted and (running is None or running[1] != trigger.updated):
+            if wanted and (running is None or running.updated != trigger.updated):
                 if running is not None:
                     await self._deactivate(trigger_id)
                 await self._activate(trigger, self.connectors[trigger.trigger_type], self._spec(trigger))
