@@ -36,6 +36,21 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     return body
 
 
+MAX_JSON_DEPTH = 256  # a function's runtime decodes the event again, with less stack to spare
+
+
+def _nested_deeper_than(value: Any, limit: int) -> bool:
+    """Whether arrays/objects in ``value`` nest deeper than ``limit`` (iterative: no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)] if isinstance(value, (dict, list)) else []
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
+
+
 def parse_json(body: bytes, *, empty: Any = None) -> Any:
     if not body.strip():
         if empty is not None:
@@ -47,6 +62,8 @@ def parse_json(body: bytes, *, empty: Any = None) -> Any:
         raise bad_request(f"request body is not valid UTF-8 (byte {exc.start})") from None
     try:
         value = json.loads(text, parse_constant=_reject_constant)
+        if body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH and _nested_deeper_than(value, MAX_JSON_DEPTH):
+            raise bad_request(f"request body is nested deeper than {MAX_JSON_DEPTH} levels")
         if _SURROGATE_ESCAPE.search(text):  # rare: only then look for an unpaired one
             json.dumps(value, ensure_ascii=False).encode()
         return value
