@@ -48,10 +48,15 @@ def handler(event, context):
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Every JSON line written to ``path`` so far (none if the file does not exist yet)."""
+    """Every complete JSON line written to ``path`` so far (none if the file does not exist yet).
+
+    A last line without its newline is being written right now (or its writer was killed mid-write,
+    and its invocation will run again): it is left for a later read.
+    """
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    complete, _, _ = path.read_text().rpartition("\n")
+    return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
 
 async def wait_lines(path: Path, count: int, timeout: float = 30.0) -> list[dict[str, Any]]:
